@@ -1,0 +1,51 @@
+//! What is proposed to the Raft log and what applying it returns.
+//!
+//! A [`Proposal`] is fully stamped (time, generated ids) before it is proposed, so applying it
+//! on any replica gives the same result.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::DomainError;
+use super::model::{Filament, JobStatus, PrintJob, Printer};
+
+/// One log entry's payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// RFC 3339 time stamped by the proposing node.
+    pub at: String,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    CreatePrinter(Printer),
+    CreateFilament(Filament),
+    CreateJob(PrintJob),
+    SetJobStatus {
+        job_id: String,
+        status: JobStatus,
+        origin: Origin,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+/// Who asks for a status change: a client through the API, or the agent driving the printer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Origin {
+    Client,
+    /// `attempt` is the log index of the `Running` entry the agent is dispatching: the fence.
+    Agent { node_id: String, attempt: u64 },
+}
+
+/// The object a command created or changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Applied {
+    Printer(Printer),
+    Filament(Filament),
+    Job(PrintJob),
+    Nothing,
+}
+
+/// Result of applying one entry, returned to the proposer.
+pub type ApplyResult = Result<Applied, DomainError>;

@@ -1,0 +1,19 @@
+//! The farm's data model and rules: pure code with no I/O, no clock and no randomness.
+//!
+//! Everything here is deterministic so that every replica applying the same log reaches the
+//! same state. Timestamps and generated ids arrive already stamped inside the [`Proposal`].
+
+mod command;
+mod error;
+mod farm;
+mod model;
+mod weight;
+
+pub use command::{Applied, Command, Origin, Proposal};
+pub use error::DomainError;
+pub use farm::FarmState;
+pub use model::{
+    FilamentType, Filament, JobStatus, NewFilament, NewJob, NewPrinter, PrintJob, Printer,
+    parse_id,
+};
+pub use weight::Grams;

@@ -1,0 +1,6 @@
+//! Raft3D: a print-farm controller with no single point of failure.
+//!
+//! # Layout
+//!
+//! - [`domain`]: the data model and every rule, pure and deterministic.
+pub mod domain;
