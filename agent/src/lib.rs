@@ -4,3 +4,5 @@
 //!
 //! - [`domain`]: the data model and every rule, pure and deterministic.
 pub mod domain;
+pub mod cluster;
+pub mod store;

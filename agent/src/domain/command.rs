@@ -49,3 +49,14 @@ pub enum Applied {
 
 /// Result of applying one entry, returned to the proposer.
 pub type ApplyResult = Result<Applied, DomainError>;
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.command {
+            Command::CreatePrinter(p) => write!(f, "create printer {}", p.id),
+            Command::CreateFilament(x) => write!(f, "create filament {}", x.id),
+            Command::CreateJob(j) => write!(f, "create job {}", j.id),
+            Command::SetJobStatus { job_id, status, .. } => write!(f, "job {job_id} -> {status}"),
+        }
+    }
+}

@@ -9,7 +9,7 @@ mod farm;
 mod model;
 mod weight;
 
-pub use command::{Applied, Command, Origin, Proposal};
+pub use command::{Applied, ApplyResult, Command, Origin, Proposal};
 pub use error::DomainError;
 pub use farm::FarmState;
 pub use model::{

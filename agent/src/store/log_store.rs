@@ -1,0 +1,441 @@
+//! The Raft log on redb: entries, vote, committed index and purge marker, with group commit.
+//!
+//! One writer thread owns every write transaction. Appends are queued with openraft's flush
+//! callback and acknowledged only after the transaction holding them is durably committed;
+//! appends that arrive while an fsync is in flight are drained into the next transaction, so
+//! concurrent clients share fsyncs. Vote, truncation and purge wait for their own commit.
+//! Entries queued but not yet durable stay in an in-memory overlay so readers always see the
+//! log openraft believes it wrote.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+
+use crate::cluster::types::{Entry, LogId, TypeConfig, Vote};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEY_FORMAT: &str = "format_version";
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "purged";
+/// Version of the on-disk log layout; bumped on any incompatible change.
+pub const LOG_FORMAT_VERSION: u64 = 1;
+/// Most operations folded into one transaction.
+const MAX_BATCH: usize = 4096;
+
+type Done = tokio::sync::oneshot::Sender<io::Result<()>>;
+
+enum WriteOp {
+    Append {
+        rows: Vec<(u64, Vec<u8>)>,
+        ids: Vec<LogId>,
+        callback: IOFlushed<TypeConfig>,
+    },
+    Meta {
+        key: &'static str,
+        value: Vec<u8>,
+        done: Option<Done>,
+    },
+    TruncateAfter {
+        after: Option<u64>,
+        done: Done,
+    },
+    Purge {
+        upto: LogId,
+        value: Vec<u8>,
+        done: Done,
+    },
+}
+
+#[derive(Default)]
+struct Memory {
+    /// Entries handed to the writer but not yet durable.
+    pending: BTreeMap<u64, Entry>,
+    last_log_id: Option<LogId>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+}
+
+/// Counters for the benchmark and metrics: durable commits and bytes written.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    pub fsyncs: AtomicU64,
+    pub bytes: AtomicU64,
+    pub entries: AtomicU64,
+}
+
+struct Shared {
+    db: Arc<Database>,
+    tx: Mutex<mpsc::Sender<WriteOp>>,
+    memory: Mutex<Memory>,
+    stats: Arc<WriteStats>,
+}
+
+/// Handle to the log; clones share one database and one writer.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(other)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt {what}: {e}")))
+}
+
+impl LogStore {
+    /// Opens (or creates) `<dir>/raft-log.redb` and starts the writer thread.
+    pub fn open(dir: &Path) -> io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::create(dir.join("raft-log.redb")).map_err(other)?;
+        let mut memory = Memory::default();
+        {
+            let w = db.begin_write().map_err(other)?;
+            {
+                let mut meta = w.open_table(META).map_err(other)?;
+                let version = match meta.get(KEY_FORMAT).map_err(other)? {
+                    Some(v) => decode::<u64>("format version", v.value())?,
+                    None => LOG_FORMAT_VERSION,
+                };
+                if version != LOG_FORMAT_VERSION {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "raft log format version {version} is not supported by this build \
+                             (expects {LOG_FORMAT_VERSION}); use a matching raft3d release"
+                        ),
+                    ));
+                }
+                meta.insert(KEY_FORMAT, encode(&version)?.as_slice())
+                    .map_err(other)?;
+                if let Some(v) = meta.get(KEY_VOTE).map_err(other)? {
+                    memory.vote = Some(decode("vote", v.value())?);
+                }
+                if let Some(v) = meta.get(KEY_PURGED).map_err(other)? {
+                    memory.last_purged = Some(decode("purge marker", v.value())?);
+                }
+                let log = w.open_table(LOG).map_err(other)?;
+                let last = log.last().map_err(other)?;
+                if let Some((_, v)) = last {
+                    let e: Entry = decode("log entry", v.value())?;
+                    memory.last_log_id = Some(e.log_id());
+                }
+            }
+            w.commit().map_err(other)?;
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(WriteStats::default());
+        let shared = Arc::new(Shared {
+            db: db.clone(),
+            tx: Mutex::new(tx),
+            memory: Mutex::new(memory),
+            stats: stats.clone(),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(db, rx, weak, stats))?;
+        Ok(LogStore { shared })
+    }
+
+    pub fn stats(&self) -> Arc<WriteStats> {
+        self.shared.stats.clone()
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        // A poisoned lock means a writer panicked mid-update; the process aborts on panic
+        // (release profile), so recovering the guard only matters in tests.
+        self.shared
+            .memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, op: WriteOp) -> io::Result<()> {
+        let tx = self.shared.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.send(op)
+            .map_err(|_| io::Error::other("raft log writer has stopped"))
+    }
+
+    async fn send_and_wait(&self, make: impl FnOnce(Done) -> WriteOp) -> io::Result<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.send(make(done))?;
+        wait.await
+            .map_err(|_| io::Error::other("raft log writer has stopped"))?
+    }
+}
+
+fn writer_loop(
+    db: Arc<Database>,
+    rx: mpsc::Receiver<WriteOp>,
+    shared: std::sync::Weak<Shared>,
+    stats: Arc<WriteStats>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(&db, &batch, &stats);
+        if result.is_ok() {
+            if let Some(shared) = shared.upgrade() {
+                let mut mem = shared.memory.lock().unwrap_or_else(|p| p.into_inner());
+                for op in &batch {
+                    if let WriteOp::Append { ids, .. } = op {
+                        for id in ids {
+                            if mem.pending.get(&id.index()).map(|e| e.log_id()) == Some(id.clone()) {
+                                mem.pending.remove(&id.index());
+                            }
+                        }
+                    }
+                }
+            }
+        } else if let Err(e) = &result {
+            tracing::error!(error = %e, "raft log write failed; this node will stop");
+        }
+        for op in batch {
+            let r = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
+            match op {
+                WriteOp::Append { callback, .. } => callback.io_completed(r),
+                WriteOp::Meta { done, .. } => {
+                    if let Some(d) = done {
+                        let _ = d.send(r);
+                    }
+                }
+                WriteOp::TruncateAfter { done, .. } | WriteOp::Purge { done, .. } => {
+                    let _ = done.send(r);
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(db: &Database, batch: &[WriteOp], stats: &WriteStats) -> io::Result<()> {
+    let mut txn = db.begin_write().map_err(other)?;
+    // A batch of nothing but committed-index updates need not be fsynced: the committed
+    // index is a hint for faster replay and is rebuilt by Raft if lost.
+    let durable = batch
+        .iter()
+        .any(|op| !matches!(op, WriteOp::Meta { key: KEY_COMMITTED, .. }));
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    });
+    let mut bytes = 0u64;
+    let mut entries = 0u64;
+    {
+        let mut log = txn.open_table(LOG).map_err(other)?;
+        let mut meta = txn.open_table(META).map_err(other)?;
+        for op in batch {
+            match op {
+                WriteOp::Append { rows, .. } => {
+                    for (index, data) in rows {
+                        log.insert(*index, data.as_slice()).map_err(other)?;
+                        bytes += data.len() as u64 + 8;
+                        entries += 1;
+                    }
+                }
+                WriteOp::Meta { key, value, .. } => {
+                    meta.insert(*key, value.as_slice()).map_err(other)?;
+                    bytes += value.len() as u64;
+                }
+                WriteOp::TruncateAfter { after, .. } => {
+                    let start = after.map(|a| a + 1).unwrap_or(0);
+                    log.retain_in(start.., |_, _| false).map_err(other)?;
+                }
+                WriteOp::Purge { upto, value, .. } => {
+                    // Marker and deletion commit together: no crash window leaves a hole.
+                    meta.insert(KEY_PURGED, value.as_slice()).map_err(other)?;
+                    log.retain_in(..=upto.index(), |_, _| false).map_err(other)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(other)?;
+    if durable {
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+    stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+    stats.entries.fetch_add(entries, Ordering::Relaxed);
+    Ok(())
+}
+
+fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, Option<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => Some(e.saturating_add(1)),
+        Bound::Excluded(e) => Some(*e),
+        Bound::Unbounded => None,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = bounds(&range);
+        let end = end.unwrap_or(u64::MAX);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        // Copy the overlay and open the read transaction under one lock: an entry leaves the
+        // overlay only after its commit, so it is in one or the other.
+        let (overlay, txn) = {
+            let mem = self.memory();
+            let overlay: BTreeMap<u64, Entry> = mem
+                .pending
+                .range(start..end)
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            (overlay, self.shared.db.begin_read().map_err(other)?)
+        };
+        let mut out = overlay;
+        let table = txn.open_table(LOG).map_err(other)?;
+        for row in table.range(start..end).map_err(other)? {
+            let (k, v) = row.map_err(other)?;
+            let index = k.value();
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(index) {
+                slot.insert(decode("log entry", v.value())?);
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.memory().vote.clone())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let mem = self.memory();
+        Ok(LogState {
+            last_purged_log_id: mem.last_purged.clone(),
+            last_log_id: mem.last_log_id.clone().or_else(|| mem.last_purged.clone()),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let value = encode(vote)?;
+        self.send_and_wait(|done| WriteOp::Meta {
+            key: KEY_VOTE,
+            value,
+            done: Some(done),
+        })
+        .await?;
+        self.memory().vote = Some(vote.clone());
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let value = encode(&committed)?;
+        self.send(WriteOp::Meta {
+            key: KEY_COMMITTED,
+            value,
+            done: None,
+        })
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        let txn = self.shared.db.begin_read().map_err(other)?;
+        let meta = txn.open_table(META).map_err(other)?;
+        match meta.get(KEY_COMMITTED).map_err(other)? {
+            Some(v) => decode("committed index", v.value()),
+            None => Ok(None),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        let mut ids = Vec::new();
+        let mut mem = self.memory();
+        for entry in entries {
+            let id = entry.log_id();
+            rows.push((id.index(), encode(&entry)?));
+            mem.pending.insert(id.index(), entry);
+            mem.last_log_id = Some(id.clone());
+            ids.push(id);
+        }
+        drop(mem);
+        self.send(WriteOp::Append {
+            rows,
+            ids,
+            callback,
+        })
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let after = last_log_id.as_ref().map(|l| l.index());
+        {
+            let mut mem = self.memory();
+            let from = after.map(|a| a + 1).unwrap_or(0);
+            mem.pending.retain(|k, _| *k < from);
+            let beyond = match (&mem.last_log_id, &last_log_id) {
+                (Some(cur), Some(keep)) => cur.index() > keep.index(),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if beyond {
+                mem.last_log_id = last_log_id;
+            }
+        }
+        self.send_and_wait(|done| WriteOp::TruncateAfter { after, done })
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let value = encode(&log_id)?;
+        {
+            let mut mem = self.memory();
+            mem.pending.retain(|k, _| *k > log_id.index());
+            mem.last_purged = Some(log_id.clone());
+            if mem.last_log_id.as_ref().map(|l| l.index() < log_id.index()).unwrap_or(true) {
+                mem.last_log_id = Some(log_id.clone());
+            }
+        }
+        self.send_and_wait(|done| WriteOp::Purge {
+            upto: log_id,
+            value,
+            done,
+        })
+        .await
+    }
+}
