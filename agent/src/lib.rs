@@ -6,3 +6,7 @@
 pub mod domain;
 pub mod cluster;
 pub mod store;
+pub mod api;
+pub mod config;
+pub mod demo;
+pub mod server;

@@ -1,4 +1,9 @@
-//! The Raft cluster: openraft types, the peer network, the node that wires them, forwarding
-//! and membership.
+//! The Raft cluster: openraft types, the peer network (outbound and inbound), and the node
+//! that forwards writes, serves linearizable reads and changes membership.
 
+pub mod network;
+pub mod node;
+pub mod peer_api;
 pub mod types;
+
+pub use node::{ClusterError, JoinRequest, Node};

@@ -13,7 +13,8 @@ pub use command::{Applied, ApplyResult, Command, Origin, Proposal};
 pub use error::DomainError;
 pub use farm::FarmState;
 pub use model::{
-    FilamentType, Filament, JobStatus, NewFilament, NewJob, NewPrinter, PrintJob, Printer,
+    Connection, Filament, FilamentType, JobStatus, NewFilament, NewJob, NewPrinter, PrintJob, Printer,
+    RawId,
     parse_id,
 };
 pub use weight::Grams;

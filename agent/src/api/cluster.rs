@@ -1,0 +1,147 @@
+//! Cluster paths compatible with the original Raft3D tools: status, join, remove; plus
+//! `/healthz` and `/readyz` for service managers and load balancers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::input::{body, json};
+use crate::cluster::{JoinRequest, Node};
+
+#[derive(Serialize)]
+pub struct MemberView {
+    pub id: String,
+    pub role: &'static str,
+    pub raft_addr: String,
+    pub http_addr: String,
+}
+
+#[derive(Serialize)]
+pub struct LeaderView {
+    pub id: String,
+    pub http_addr: String,
+    pub raft_addr: String,
+}
+
+#[derive(Serialize)]
+pub struct StatusView {
+    pub node_id: String,
+    pub is_leader: bool,
+    pub state: String,
+    pub leader: Option<LeaderView>,
+    pub raft_addr: String,
+    pub http_addr: String,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub members: Vec<MemberView>,
+}
+
+pub fn status_view(node: &Node) -> StatusView {
+    let m = node.metrics();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<_> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, n)| MemberView {
+            id: id.0.clone(),
+            role: if voters.contains(id) { "voter" } else { "learner" },
+            raft_addr: n.raft_addr.clone(),
+            http_addr: n.http_addr.clone(),
+        })
+        .collect();
+    let leader = m.current_leader.as_ref().map(|l| {
+        let n = membership.get_node(l).cloned().unwrap_or_default();
+        LeaderView {
+            id: l.0.clone(),
+            http_addr: n.http_addr,
+            raft_addr: n.raft_addr,
+        }
+    });
+    StatusView {
+        node_id: node.id.0.clone(),
+        is_leader: m.state == ServerState::Leader,
+        state: format!("{:?}", m.state),
+        leader,
+        raft_addr: node.me.raft_addr.clone(),
+        http_addr: node.me.http_addr.clone(),
+        term: m.current_term,
+        commit_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
+        applied_index: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        members,
+    }
+}
+
+pub async fn status(State(node): State<Arc<Node>>) -> Json<StatusView> {
+    Json(status_view(&node))
+}
+
+pub async fn join(
+    State(node): State<Arc<Node>>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: JoinRequest = json(&body(b)?)?;
+    crate::domain::parse_id("node_id", &req.node_id)?;
+    if !req.addr.contains(':') {
+        return Err(ApiError::bad_request("addr: must be the joining node's raft HOST:PORT"));
+    }
+    let id = req.node_id.clone();
+    node.join(req).await?;
+    Ok(Json(serde_json::json!({"joined": id})))
+}
+
+#[derive(Deserialize)]
+pub struct RemoveQuery {
+    id: Option<String>,
+}
+
+pub async fn remove(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(id) = super::input::query(q)?.id else {
+        return Err(ApiError::bad_request("id: missing; use DELETE /cluster/servers?id=node3"));
+    };
+    node.remove(id.clone()).await?;
+    Ok(Json(serde_json::json!({"removed": id})))
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Ready when this node is a member of a cluster with a known leader and has applied what it
+/// knows to be committed.
+pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
+    let m = node.metrics();
+    let committed = m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0);
+    let applied = m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+    let member = m.membership_config.membership().get_node(&node.id).is_some();
+    let reason = if m.running_state.is_err() {
+        Some("raft has stopped".to_string())
+    } else if !member {
+        Some("not a member of a cluster yet".to_string())
+    } else if m.current_leader.is_none() {
+        Some("no leader known".to_string())
+    } else if applied < committed {
+        Some(format!("catching up: applied {applied} of {committed}"))
+    } else {
+        None
+    };
+    match reason {
+        None => (StatusCode::OK, Json(serde_json::json!({"ready": true}))),
+        Some(r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"ready": false, "reason": r})),
+        ),
+    }
+}

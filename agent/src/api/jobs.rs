@@ -1,0 +1,103 @@
+//! `/api/v1/print_jobs`: create, list (optionally by status), get, and change a job's status.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::input::{body, generated_id, json, query, ReadOptions};
+use super::{read_barrier, respond_created};
+use crate::cluster::Node;
+use crate::domain::{Applied, Command, JobStatus, NewJob, Origin, PrintJob};
+
+pub async fn create(
+    State(node): State<Arc<Node>>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let req: NewJob = json(&body(b)?)?;
+    let job = req.into_job(generated_id("job"), &crate::cluster::node::now_rfc3339())?;
+    respond_created(&node, Command::CreateJob(job)).await
+}
+
+pub async fn list(
+    State(node): State<Arc<Node>>,
+    opts: Result<Query<ReadOptions>, QueryRejection>,
+) -> Result<Json<Vec<PrintJob>>, ApiError> {
+    let opts = query(opts)?;
+    let filter: Option<JobStatus> = opts.status.as_deref().map(str::parse).transpose()?;
+    read_barrier(&node, &opts).await?;
+    let r = node.sm.read();
+    Ok(Json(
+        r.farm
+            .jobs()
+            .filter(|j| filter.is_none_or(|s| j.status == s))
+            .cloned()
+            .collect(),
+    ))
+}
+
+pub async fn get(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    opts: Result<Query<ReadOptions>, QueryRejection>,
+) -> Result<Json<PrintJob>, ApiError> {
+    let opts = query(opts)?;
+    read_barrier(&node, &opts).await?;
+    let r = node.sm.read();
+    r.farm
+        .job(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("print job", &id))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StatusQuery {
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StatusBody {
+    Object {
+        status: String,
+    },
+    Bare(String),
+}
+
+/// `POST /api/v1/print_jobs/{id}/status?status=running` (or a JSON body `{"status": ...}`).
+pub async fn set_status(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    q: Result<Query<StatusQuery>, QueryRejection>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<PrintJob>, ApiError> {
+    let b = body(b)?;
+    let raw = match query(q)?.status {
+        Some(s) => s,
+        None if b.iter().all(|c| c.is_ascii_whitespace()) => {
+            return Err(ApiError::bad_request(
+                "status: missing; use ?status=running or a body {\"status\": \"running\"}",
+            ))
+        }
+        None => match json::<StatusBody>(&b)? {
+            StatusBody::Object { status } | StatusBody::Bare(status) => status,
+        },
+    };
+    let status: JobStatus = raw.parse()?;
+    let cmd = Command::SetJobStatus {
+        job_id: id,
+        status,
+        origin: Origin::Client,
+        reason: None,
+    };
+    match node.propose(cmd).await?? {
+        Applied::Job(j) => Ok(Json(j)),
+        other => Err(ApiError::bad_request(format!("unexpected result {other:?}"))),
+    }
+}

@@ -1,0 +1,87 @@
+//! The HTTP API on the `-http` address: spec paths under `/api/v1`, cluster paths, health.
+//!
+//! Handlers parse and validate input, then propose a command or read the local replica after
+//! a read barrier. They hold no rules: the state machine decides.
+
+mod cluster;
+mod error;
+mod filaments;
+mod input;
+mod jobs;
+mod printers;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+
+pub use cluster::status_view;
+pub use error::ApiError;
+
+use crate::cluster::peer_api::require_secret;
+use crate::cluster::Node;
+use crate::domain::{Applied, Command};
+
+/// Applies the consistency option of a read: a ReadIndex barrier unless `?consistency=stale`.
+async fn read_barrier(node: &Node, opts: &input::ReadOptions) -> Result<(), ApiError> {
+    if opts.linearizable()? {
+        node.linearize().await?;
+    }
+    Ok(())
+}
+
+/// Proposes a create command and answers 201 with the created object.
+async fn respond_created(
+    node: &Node,
+    cmd: Command,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let value = match node.propose(cmd).await?? {
+        Applied::Printer(p) => serde_json::to_value(p.redacted()),
+        Applied::Filament(f) => serde_json::to_value(f),
+        Applied::Job(j) => serde_json::to_value(j),
+        Applied::Nothing => Ok(serde_json::Value::Null),
+    }
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(value)))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_route",
+        "no such path; see the README for the API",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not accept that method",
+    )
+}
+
+pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
+    let membership = Router::new()
+        .route("/join", post(cluster::join))
+        .route("/cluster/servers", axum::routing::delete(cluster::remove))
+        .layer(middleware::from_fn_with_state(secret, require_secret));
+    Router::new()
+        .route("/api/v1/printers", post(printers::create).get(printers::list))
+        .route("/api/v1/printers/{id}", get(printers::get))
+        .route("/api/v1/filaments", post(filaments::create).get(filaments::list))
+        .route("/api/v1/filaments/{id}", get(filaments::get))
+        .route("/api/v1/print_jobs", post(jobs::create).get(jobs::list))
+        .route("/api/v1/print_jobs/{id}", get(jobs::get))
+        .route("/api/v1/print_jobs/{id}/status", post(jobs::set_status))
+        .route("/cluster/status", get(cluster::status))
+        .route("/healthz", get(cluster::healthz))
+        .route("/readyz", get(cluster::readyz))
+        .merge(membership)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(input::MAX_BODY_BYTES))
+        .with_state(node)
+}

@@ -1,0 +1,316 @@
+//! A running Raft3D node: the openraft instance, its state machine and the logic that makes
+//! any node usable by clients — server-side forwarding of writes and membership changes to the
+//! leader, linearizable reads through ReadIndex, and a bounded wait when no leader is known.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::errors::RaftError;
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::network::{PeerClient, PeerError};
+use super::types::{Member, NodeId, Raft, RaftMetrics};
+use crate::domain::{ApplyResult, Command, Proposal};
+use crate::store::{StateMachine, WriteStats};
+
+/// Why a cluster operation could not be carried out. Serializable so a leader's refusal
+/// reaches the client of a follower unchanged.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub enum ClusterError {
+    #[error("no leader is known after waiting {waited_ms} ms; the cluster may be electing or lack a quorum of live voters — retry shortly")]
+    NoLeader { waited_ms: u64 },
+    /// Internal: this node is not the leader; callers retry against the current leader.
+    #[error("this node is not the leader")]
+    NotLeader,
+    #[error("this node is shutting down")]
+    ShuttingDown,
+    #[error("the cluster could not complete the request: {0}")]
+    Unavailable(String),
+    #[error("the leader did not answer in time ({0}); the write may or may not have been applied — read it back before retrying")]
+    OutcomeUnknown(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Answer of a leader to a forwarded call.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardReply<T> {
+    Ok(T),
+    Err(ClusterError),
+}
+
+impl<T> From<Result<T, ClusterError>> for ForwardReply<T> {
+    fn from(r: Result<T, ClusterError>) -> Self {
+        match r {
+            Ok(v) => ForwardReply::Ok(v),
+            Err(e) => ForwardReply::Err(e),
+        }
+    }
+}
+
+/// `POST /join` body (the original tools send `node_id` and `addr`, the Raft address).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub node_id: String,
+    pub addr: String,
+    #[serde(default)]
+    pub http_addr: Option<String>,
+}
+
+enum Route {
+    Me,
+    Other(NodeId, Member),
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub me: Member,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub log_stats: Arc<WriteStats>,
+    pub peers: PeerClient,
+    /// How long a request may wait for a leader before it is answered 503.
+    pub request_timeout: Duration,
+}
+
+/// RFC 3339 time for stamping proposals (never read inside apply).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+fn raft_error<E: std::fmt::Display + std::fmt::Debug>(e: RaftError<super::types::TypeConfig, E>) -> ClusterError
+where
+    E: openraft::TryAsRef<openraft::errors::ForwardToLeader<super::types::TypeConfig>>,
+{
+    if e.forward_to_leader().is_some() {
+        return ClusterError::NotLeader;
+    }
+    match e {
+        RaftError::Fatal(f) => {
+            if matches!(f, openraft::errors::Fatal::Stopped) {
+                ClusterError::ShuttingDown
+            } else {
+                ClusterError::Unavailable(f.to_string())
+            }
+        }
+        RaftError::APIError(api) => ClusterError::Unavailable(api.to_string()),
+    }
+}
+
+impl Node {
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Finds the leader, waiting (bounded by `deadline`) while none is known.
+    async fn route(&self, deadline: Instant) -> Result<Route, ClusterError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if let Err(e) = &m.running_state {
+                    return Err(ClusterError::Unavailable(e.to_string()));
+                }
+                if let Some(leader) = &m.current_leader {
+                    if *leader == self.id {
+                        if m.state == ServerState::Leader {
+                            return Ok(Route::Me);
+                        }
+                    } else if let Some(node) = m.membership_config.membership().get_node(leader) {
+                        return Ok(Route::Other(leader.clone(), node.clone()));
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClusterError::NoLeader {
+                    waited_ms: self.request_timeout.as_millis() as u64,
+                });
+            }
+            match tokio::time::timeout(deadline - now, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ClusterError::ShuttingDown),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Runs `local` on the leader: here when this node leads, else by forwarding to `path` on
+    /// the leader's peer address. Retries while leadership moves, until the deadline.
+    async fn on_leader<Req, T, F, Fut>(
+        &self,
+        path: &str,
+        body: &Req,
+        local: F,
+    ) -> Result<T, ClusterError>
+    where
+        Req: Serialize + ?Sized,
+        T: DeserializeOwned,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ClusterError>>,
+    {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let outcome = match self.route(deadline).await? {
+                Route::Me => local().await,
+                Route::Other(leader, member) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let wait = left.max(Duration::from_millis(500));
+                    match self
+                        .peers
+                        .call::<_, ForwardReply<T>>(&member.raft_addr, path, body, wait)
+                        .await
+                    {
+                        Ok(ForwardReply::Ok(v)) => Ok(v),
+                        Ok(ForwardReply::Err(e)) => Err(e),
+                        Err(PeerError::Unreachable { .. }) => {
+                            tracing::debug!(%leader, "leader unreachable; waiting for a new one");
+                            Err(ClusterError::NotLeader)
+                        }
+                        Err(e @ PeerError::Unauthorized { .. }) => {
+                            Err(ClusterError::Unavailable(e.to_string()))
+                        }
+                        Err(e @ PeerError::Failed { .. }) => {
+                            Err(ClusterError::OutcomeUnknown(e.to_string()))
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Err(ClusterError::NotLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(ClusterError::NotLeader) => {
+                    return Err(ClusterError::NoLeader {
+                        waited_ms: self.request_timeout.as_millis() as u64,
+                    })
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Stamps and proposes a command; the answer is the state machine's verdict.
+    pub async fn propose(&self, command: Command) -> Result<ApplyResult, ClusterError> {
+        let proposal = Proposal {
+            at: now_rfc3339(),
+            command,
+        };
+        self.on_leader("/internal/propose", &proposal, || {
+            self.propose_here(proposal.clone())
+        })
+        .await
+    }
+
+    /// Leader side of a proposal.
+    pub async fn propose_here(&self, proposal: Proposal) -> Result<ApplyResult, ClusterError> {
+        self.raft
+            .client_write(proposal)
+            .await
+            .map(|r| r.data)
+            .map_err(raft_error)
+    }
+
+    /// Waits until this node's replica reflects every write committed before the call
+    /// (ReadIndex through the leader). Afterwards a local read is linearizable.
+    pub async fn linearize(&self) -> Result<(), ClusterError> {
+        let index: u64 = self
+            .on_leader("/internal/read-index", &(), || self.read_index_here())
+            .await?;
+        let wait = self.request_timeout;
+        self.raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("replica did not catch up: {e}")))?;
+        Ok(())
+    }
+
+    /// Leader side of ReadIndex: confirms leadership with a quorum and returns the index a
+    /// reader must have applied.
+    pub async fn read_index_here(&self) -> Result<u64, ClusterError> {
+        let read = self
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map_err(raft_error)?;
+        Ok(read.index())
+    }
+
+    /// Adds a node as a learner, lets it catch up, then promotes it to voter.
+    pub async fn join(&self, req: JoinRequest) -> Result<(), ClusterError> {
+        self.on_leader("/internal/join", &req, || self.join_here(req.clone()))
+            .await
+    }
+
+    pub async fn join_here(&self, req: JoinRequest) -> Result<(), ClusterError> {
+        let id = NodeId(req.node_id.clone());
+        let member = Member {
+            raft_addr: req.addr.clone(),
+            http_addr: req.http_addr.clone().unwrap_or_default(),
+        };
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            if membership.get_node(&id) == Some(&member) {
+                return Ok(());
+            }
+            return Err(ClusterError::Refused(format!(
+                "node {id} is already a voter with a different address; remove it first \
+                 (DELETE /cluster/servers?id={id})"
+            )));
+        }
+        tracing::info!(node = %id, addr = %member.raft_addr, "adding learner");
+        self.raft
+            .add_learner(id.clone(), member, true)
+            .await
+            .map_err(raft_error)?;
+        tracing::info!(node = %id, "promoting learner to voter");
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(raft_error)?;
+        Ok(())
+    }
+
+    /// Removes a node from the cluster (voter or learner).
+    pub async fn remove(&self, id: String) -> Result<(), ClusterError> {
+        self.on_leader("/internal/remove", &id, || self.remove_here(id.clone()))
+            .await
+    }
+
+    pub async fn remove_here(&self, id: String) -> Result<(), ClusterError> {
+        let id = NodeId(id);
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(ClusterError::Refused(format!(
+                    "node {id} is the only voter; removing it would leave no cluster"
+                )));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id.clone()])), false)
+                .await
+                .map_err(raft_error)?;
+        } else if membership.learner_ids().any(|l| l == id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id.clone()])), false)
+                .await
+                .map_err(raft_error)?;
+        } else {
+            return Err(ClusterError::Invalid(format!("node {id} is not a member of this cluster")));
+        }
+        tracing::info!(node = %id, "removed from the cluster");
+        Ok(())
+    }
+}

@@ -1,0 +1,409 @@
+//! Command line and TOML configuration, merged (flags win) and validated before anything binds
+//! a port or opens a file. Every problem is reported at once as `key: message`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::domain::{parse_id, Connection};
+
+/// Long options that may also be written with one dash (`-id node1`), as the original tool did.
+const SINGLE_DASH_LONG: &[&str] = &[
+    "id",
+    "http",
+    "raft",
+    "data",
+    "bootstrap",
+    "join",
+    "config",
+    "cluster-secret",
+    "clean",
+    "log-level",
+    "log-json",
+];
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "raft3d",
+    version,
+    about = "Raft3D agent: one per Raspberry Pi; together they run the print farm",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Sub>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Start a local 3-node farm on loopback (separate processes) and print curl lines to try.
+    Demo(DemoArgs),
+    /// Check a node config file and report every problem in it.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// First HTTP port; nodes use this port and the next two.
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// First peer (Raft) port; nodes use this port and the next two.
+    #[arg(long, default_value_t = 7000)]
+    pub raft_port: u16,
+    /// Where the nodes keep their data.
+    #[arg(long, default_value = "./raft3d-demo")]
+    pub data: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// This node's id, e.g. node1 (data lives under <data>/<id>/).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// HTTP API address, e.g. :8080 or 127.0.0.1:8080.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Peer (Raft) address other nodes use to reach this one, e.g. 192.168.1.11:7000.
+    #[arg(long)]
+    pub raft: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Start a new single-node cluster if this node has no state yet.
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// HTTP address of any node of an existing cluster to join (HOST:PORT; comma-separated list allowed).
+    #[arg(long)]
+    pub join: Option<String>,
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Shared secret for peer and membership traffic.
+    #[arg(long, env = "RAFT3D_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Delete this node's data before starting.
+    #[arg(long)]
+    pub clean: bool,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log as JSON lines (for log shippers).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Rewrites `-id` style long options to `--id` so clap parses both spellings.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if i == 0 || a.starts_with("--") || !a.starts_with('-') {
+                return a;
+            }
+            let name = a[1..].split('=').next().unwrap_or("");
+            if SINGLE_DASH_LONG.contains(&name) {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+/// Raft timing and snapshot settings (`[raft]` in TOML). Defaults suit Pis on a LAN.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// A follower waits a random time in [min, max] without heartbeats before an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_threshold: u64,
+    /// Snapshot files kept under <data>/<id>/snapshots/.
+    pub snapshots_kept: usize,
+    /// How long a client request may wait for a leader before 503.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_threshold: 5000,
+            snapshots_kept: 3,
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+/// A printer declared in a node's config, registered into the farm at start-up and driven by
+/// this node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrinterDecl {
+    pub id: String,
+    pub company: String,
+    pub model: String,
+    pub connection: Connection,
+}
+
+/// The TOML file: everything the flags carry, and more.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<String>,
+    pub http: Option<String>,
+    pub raft: Option<String>,
+    pub data: Option<PathBuf>,
+    #[serde(default)]
+    pub bootstrap: bool,
+    #[serde(default)]
+    pub join: Vec<String>,
+    pub cluster_secret: Option<String>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub log_json: bool,
+    #[serde(default, rename = "raft_tuning")]
+    pub tuning: RaftTuning,
+    #[serde(default)]
+    pub printers: Vec<PrinterDecl>,
+}
+
+/// Validated settings of one node.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub id: String,
+    /// Address the HTTP API binds.
+    pub http_bind: String,
+    /// Address other nodes and clients are told to use for this node's HTTP API.
+    pub http_advertise: String,
+    pub raft: String,
+    pub data: PathBuf,
+    pub bootstrap: bool,
+    pub join: Vec<String>,
+    pub cluster_secret: Option<String>,
+    pub clean: bool,
+    pub log_level: String,
+    pub log_json: bool,
+    pub tuning: RaftTuning,
+    pub printers: Vec<PrinterDecl>,
+}
+
+impl Settings {
+    /// This node's own directory: `<data>/<id>/`.
+    pub fn node_dir(&self) -> PathBuf {
+        self.data.join(&self.id)
+    }
+}
+
+/// Reads a TOML config file; syntax and unknown keys are errors naming the line and key.
+pub fn read_file(path: &Path) -> Result<FileConfig, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+    toml::from_str(&text).map_err(|e| vec![format!("{}: {}", path.display(), e.to_string().trim())])
+}
+
+fn host_port(key: &str, value: &str, problems: &mut Vec<String>) -> Option<(String, u16)> {
+    let Some((host, port)) = value.rsplit_once(':') else {
+        problems.push(format!("{key}: expected HOST:PORT or :PORT, got {value:?}"));
+        return None;
+    };
+    match port.parse::<u16>() {
+        Ok(p) => Some((host.to_string(), p)),
+        Err(_) => {
+            problems.push(format!("{key}: port must be a number 0-65535, got {port:?}"));
+            None
+        }
+    }
+}
+
+/// Merges flags over the file and validates the result.
+pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
+    let file = match &args.config {
+        Some(p) => read_file(p)?,
+        None => FileConfig::default(),
+    };
+    let mut problems = Vec::new();
+    let id = args.id.clone().or(file.id.clone());
+    let id = match id {
+        Some(id) => match parse_id("id", &id) {
+            Ok(id) => id,
+            Err(e) => {
+                problems.push(e.to_string());
+                String::new()
+            }
+        },
+        None => {
+            problems.push("id: required; give each node a unique name, e.g. -id node1".into());
+            String::new()
+        }
+    };
+    let raft = args
+        .raft
+        .clone()
+        .or(file.raft.clone())
+        .unwrap_or_else(|| "127.0.0.1:7000".into());
+    let raft_host = host_port("raft", &raft, &mut problems).map(|(h, _)| h);
+    if let Some(h) = &raft_host {
+        if h.is_empty() || h == "0.0.0.0" || h == "[::]" {
+            problems.push(format!(
+                "raft: {raft:?} is not an address other nodes can reach; use this Pi's LAN address, e.g. 192.168.1.11:7000"
+            ));
+        }
+    }
+    let http = args
+        .http
+        .clone()
+        .or(file.http.clone())
+        .unwrap_or_else(|| ":8080".into());
+    let (http_bind, http_advertise) = match host_port("http", &http, &mut problems) {
+        Some((host, port)) => {
+            let bind_host = if host.is_empty() { "0.0.0.0".to_string() } else { host.clone() };
+            let adv_host = if host.is_empty() || host == "0.0.0.0" || host == "[::]" {
+                raft_host.clone().unwrap_or_else(|| "127.0.0.1".into())
+            } else {
+                host
+            };
+            (format!("{bind_host}:{port}"), format!("{adv_host}:{port}"))
+        }
+        None => (String::new(), String::new()),
+    };
+    let mut join: Vec<String> = match &args.join {
+        Some(j) => j.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        None => file.join.clone(),
+    };
+    join.retain(|j| !j.is_empty());
+    for j in &join {
+        host_port("join", j, &mut problems);
+    }
+    let bootstrap = args.bootstrap || file.bootstrap;
+    if bootstrap && !join.is_empty() {
+        problems.push("bootstrap: use either -bootstrap (first node) or -join (every other node), not both".into());
+    }
+    let t = &file.tuning;
+    if t.heartbeat_ms == 0 {
+        problems.push("raft_tuning.heartbeat_ms: must be positive".into());
+    }
+    if t.election_timeout_min_ms <= t.heartbeat_ms * 2 {
+        problems.push(format!(
+            "raft_tuning.election_timeout_min_ms: must exceed twice heartbeat_ms ({}), got {}",
+            t.heartbeat_ms * 2,
+            t.election_timeout_min_ms
+        ));
+    }
+    if t.election_timeout_max_ms <= t.election_timeout_min_ms {
+        problems.push("raft_tuning.election_timeout_max_ms: must be greater than election_timeout_min_ms".into());
+    }
+    if t.snapshot_threshold == 0 {
+        problems.push("raft_tuning.snapshot_threshold: must be positive".into());
+    }
+    if t.snapshots_kept == 0 {
+        problems.push("raft_tuning.snapshots_kept: keep at least 1".into());
+    }
+    if t.request_timeout_ms < 100 {
+        problems.push("raft_tuning.request_timeout_ms: must be at least 100".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, p) in file.printers.iter().enumerate() {
+        if let Err(e) = parse_id(&format!("printers[{i}].id"), &p.id) {
+            problems.push(e.to_string());
+        }
+        if !seen.insert(p.id.clone()) {
+            problems.push(format!("printers[{i}].id: {:?} is declared twice", p.id));
+        }
+    }
+    let secret = args.cluster_secret.clone().or(file.cluster_secret.clone());
+    if secret.as_deref().is_some_and(|s| s.len() < 8) {
+        problems.push("cluster_secret: use at least 8 characters".into());
+    }
+    let log_level = args
+        .log_level
+        .clone()
+        .or(file.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        problems.push(format!("log_level: {log_level:?} is not a level (error, warn, info, debug, trace)"));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Settings {
+        id,
+        http_bind,
+        http_advertise,
+        raft,
+        data: args
+            .data
+            .clone()
+            .or(file.data.clone())
+            .unwrap_or_else(|| PathBuf::from("./data")),
+        bootstrap,
+        join,
+        cluster_secret: secret,
+        clean: args.clean,
+        log_level,
+        log_json: args.log_json || file.log_json,
+        tuning: file.tuning.clone(),
+        printers: file.printers.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::parse_from(normalize_args(args.iter().map(|s| s.to_string())))
+    }
+
+    #[test]
+    fn single_and_double_dash_spellings_both_work() {
+        let cli = parse(&[
+            "raft3d", "-id", "node1", "-http", ":8080", "-raft", "127.0.0.1:7000", "-data",
+            "./data", "-bootstrap",
+        ]);
+        let s = settings(&cli.run).unwrap();
+        assert_eq!(s.id, "node1");
+        assert_eq!(s.http_bind, "0.0.0.0:8080");
+        assert_eq!(s.http_advertise, "127.0.0.1:8080");
+        assert!(s.bootstrap);
+        let cli = parse(&["raft3d", "--id", "node2", "--join", "127.0.0.1:8080"]);
+        let s = settings(&cli.run).unwrap();
+        assert_eq!(s.join, vec!["127.0.0.1:8080".to_string()]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let args = RunArgs {
+            raft: Some("0.0.0.0:notaport".into()),
+            http: Some("8080".into()),
+            bootstrap: true,
+            join: Some("x:1".into()),
+            ..Default::default()
+        };
+        let problems = settings(&args).unwrap_err();
+        let text = problems.join("\n");
+        for key in ["id:", "raft:", "http:", "bootstrap:"] {
+            assert!(text.contains(key), "missing {key} in {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_rejected_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(&p, "id = \"node1\"\nbogus_key = 1\n").unwrap();
+        let err = read_file(&p).unwrap_err().join("\n");
+        assert!(err.contains("bogus_key"), "{err}");
+    }
+}

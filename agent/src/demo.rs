@@ -1,0 +1,127 @@
+//! `raft3d demo`: a working 3-node farm on loopback in one command. Each node is a separate
+//! `raft3d` process (so a user can kill one and watch the others carry on); Ctrl-C stops all.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::DemoArgs;
+
+struct Farm {
+    children: Vec<(String, Child)>,
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            // SIGTERM lets each node stop cleanly; SIGKILL only if it does not.
+            // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(8);
+        for (name, child) in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        eprintln!("{name} did not stop in time; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Starts the farm, prints how to use it, and runs until Ctrl-C.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut farm = Farm {
+        children: Vec::new(),
+    };
+    let http = |i: u16| format!("127.0.0.1:{}", args.http_port + i);
+    let raft = |i: u16| format!("127.0.0.1:{}", args.raft_port + i);
+    std::fs::create_dir_all(&args.data)?;
+    for i in 0..3u16 {
+        let name = format!("node{}", i + 1);
+        let mut cmd = Command::new(&exe);
+        cmd.args(["-id", &name, "-http", &http(i), "-raft", &raft(i), "-data"])
+            .arg(&args.data)
+            .stdin(Stdio::null());
+        if i == 0 {
+            cmd.arg("-bootstrap");
+        } else {
+            cmd.args(["-join", &http(0)]);
+        }
+        let log = std::fs::File::create(args.data.join(format!("{name}.log")))?;
+        cmd.stderr(log);
+        farm.children.push((name, cmd.spawn()?));
+        if i == 0 {
+            wait_ready(&http(0), 1, Duration::from_secs(20))?;
+        }
+    }
+    wait_ready(&http(0), 3, Duration::from_secs(30))?;
+
+    println!("Raft3D demo farm is up: 3 nodes on loopback (logs in {}/nodeN.log)\n", args.data.display());
+    for i in 0..3u16 {
+        println!(
+            "  node{}  http://{}  peers {}  pid {}",
+            i + 1,
+            http(i),
+            raft(i),
+            farm.children[i as usize].1.id()
+        );
+    }
+    let h = http(1);
+    println!("\nTry (any node answers; writes to followers are forwarded):");
+    println!("  curl -s http://{h}/cluster/status");
+    println!("  curl -s -XPOST http://{h}/api/v1/printers -d '{{\"id\":\"p1\",\"company\":\"Prusa\",\"model\":\"MK4\"}}'");
+    println!("  curl -s -XPOST http://{h}/api/v1/filaments -d '{{\"id\":\"f1\",\"type\":\"PLA\",\"color\":\"red\",\"total_weight_in_grams\":1000}}'");
+    println!("  curl -s -XPOST http://{h}/api/v1/print_jobs -d '{{\"id\":\"j1\",\"printer_id\":\"p1\",\"filament_id\":\"f1\",\"filepath\":\"cube.gcode\",\"print_weight_in_grams\":5.02}}'");
+    println!("  curl -s -XPOST 'http://{h}/api/v1/print_jobs/j1/status?status=running'");
+    println!("  curl -s -XPOST 'http://{h}/api/v1/print_jobs/j1/status?status=done'");
+    println!("  curl -s http://{}/api/v1/filaments/f1", http(2));
+    println!("\nKill a node (kill -9 <pid>) and the others keep serving. Ctrl-C stops the farm.");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    println!("\nstopping the farm...");
+    drop(farm);
+    Ok(())
+}
+
+/// Polls `/cluster/status` until `voters` voters and a leader are reported.
+fn wait_ready(http: &str, voters: usize, limit: Duration) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("http://{http}/cluster/status")).send().await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    let n = v["members"]
+                        .as_array()
+                        .map(|m| m.iter().filter(|x| x["role"] == "voter").count())
+                        .unwrap_or(0);
+                    if n >= voters && !v["leader"].is_null() {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::bail!("the demo farm did not come up within {limit:?}; see the node logs")
+    })
+}

@@ -1,0 +1,297 @@
+//! A node's life cycle: open storage, start Raft, serve peers and clients, bootstrap or join,
+//! then stop in a fixed order when the shutdown token fires or storage fails.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::network::{Network, PeerClient};
+use crate::cluster::types::{Member, NodeId, Raft};
+use crate::cluster::{ClusterError, JoinRequest, Node};
+use crate::config::Settings;
+use crate::domain::{Applied, Command, DomainError, NewPrinter};
+use crate::store::{LogStore, StateMachine};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("storage under {dir}: {source}")]
+    Storage {
+        dir: String,
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Sets up logging: human-readable lines, or JSON lines for log shippers.
+pub fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{level},openraft=warn,hyper=warn,reqwest=warn,h2=warn,tower=warn"
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn raft_config(s: &Settings) -> Result<openraft::Config, ServerError> {
+    let t = &s.tuning;
+    openraft::Config {
+        cluster_name: "raft3d".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_timeout_min_ms,
+        election_timeout_max: t.election_timeout_max_ms,
+        // Snapshots cross slow Wi-Fi to Pis: allow minutes, not openraft's 200 ms.
+        install_snapshot_timeout: 120_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_threshold),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ServerError::Raft(e.to_string()))
+}
+
+/// Runs one node until `shutdown` is cancelled (or storage fails, which cancels it too).
+pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerError> {
+    tracing::info!(node = %s.id, phase = "start", "starting raft3d {}", env!("CARGO_PKG_VERSION"));
+    if s.cluster_secret.is_none() {
+        tracing::warn!(
+            "NO CLUSTER SECRET CONFIGURED: peer and membership traffic is unauthenticated; \
+             anyone on the network can join or remove nodes. Set cluster_secret or --cluster-secret."
+        );
+    }
+    let dir = s.node_dir();
+    let storage = |source| ServerError::Storage {
+        dir: dir.display().to_string(),
+        source,
+    };
+    if s.clean {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::warn!(dir = %dir.display(), "-clean: deleted this node's data"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(storage(e)),
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(storage)?;
+
+    let raft_listener = TcpListener::bind(&s.raft)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "peer (raft) traffic",
+            addr: s.raft.clone(),
+            source,
+        })?;
+    let http_listener = TcpListener::bind(&s.http_bind)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "the HTTP API",
+            addr: s.http_bind.clone(),
+            source,
+        })?;
+    let me = Member {
+        raft_addr: s.raft.clone(),
+        http_addr: s.http_advertise.clone(),
+    };
+
+    tracing::info!(phase = "storage", dir = %dir.display(), "opening storage");
+    let log = LogStore::open(&dir).map_err(storage)?;
+    let log_stats = log.stats();
+    let sm = StateMachine::open(dir.clone(), s.tuning.snapshots_kept).map_err(storage)?;
+    let peers = PeerClient::new(s.cluster_secret.clone());
+    let raft = Raft::new(
+        NodeId(s.id.clone()),
+        Arc::new(raft_config(&s)?),
+        Network {
+            client: peers.clone(),
+        },
+        log,
+        sm.clone(),
+    )
+    .await
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let node = Arc::new(Node {
+        id: NodeId(s.id.clone()),
+        me: me.clone(),
+        raft: raft.clone(),
+        sm,
+        log_stats,
+        peers,
+        request_timeout: Duration::from_millis(s.tuning.request_timeout_ms),
+    });
+
+    let secret: Option<Arc<str>> = s.cluster_secret.as_deref().map(Arc::from);
+    let peer_app = crate::cluster::peer_api::router(node.clone(), secret.clone());
+    let http_app = crate::api::router(node.clone(), secret);
+    let stop = shutdown.clone();
+    let peer_server = tokio::spawn(async move {
+        axum::serve(raft_listener, peer_app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    let stop = shutdown.clone();
+    let http_server = tokio::spawn(async move {
+        axum::serve(http_listener, http_app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    tracing::info!(phase = "serving", http = %s.http_bind, raft = %s.raft, "serving HTTP API and peer traffic");
+
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    if s.bootstrap {
+        if initialized {
+            tracing::info!("-bootstrap ignored: this node already has cluster state");
+        } else {
+            tracing::info!(phase = "bootstrap", "initializing a new single-node cluster");
+            raft.initialize(BTreeMap::from([(NodeId(s.id.clone()), me.clone())]))
+                .await
+                .map_err(|e| ServerError::Raft(e.to_string()))?;
+        }
+    }
+    if !s.join.is_empty() {
+        tokio::spawn(join_cluster(node.clone(), s.join.clone(), shutdown.clone()));
+    }
+    if !s.printers.is_empty() {
+        tokio::spawn(register_printers(node.clone(), s.clone(), shutdown.clone()));
+    }
+    let fatal = tokio::spawn(watch_raft(raft.clone(), shutdown.clone()));
+
+    shutdown.cancelled().await;
+    tracing::info!(phase = "stop", "stopping: no new requests, shutting down raft");
+    let fatal = if fatal.is_finished() {
+        fatal.await.ok().flatten()
+    } else {
+        fatal.abort();
+        None
+    };
+    if tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await.is_err() {
+        tracing::warn!("raft did not stop within 5 s");
+    }
+    for server in [peer_server, http_server] {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
+    tracing::info!(phase = "stopped", "raft3d stopped");
+    match fatal {
+        Some(e) => Err(ServerError::Raft(e)),
+        None => Ok(()),
+    }
+}
+
+/// Logs leader changes; on a fatal raft error (e.g. storage failure) stops the node.
+async fn watch_raft(raft: Raft, shutdown: CancellationToken) -> Option<String> {
+    let mut rx = raft.metrics();
+    let mut leader: Option<NodeId> = None;
+    loop {
+        let (now_leader, term, stopped) = {
+            let m = rx.borrow_watched();
+            (
+                m.current_leader.clone(),
+                m.current_term,
+                m.running_state.as_ref().err().map(|e| e.to_string()),
+            )
+        };
+        if let Some(e) = stopped {
+            if !shutdown.is_cancelled() {
+                tracing::error!(error = %e, "raft stopped with an error; this node stops so it serves no wrong answers");
+                shutdown.cancel();
+                return Some(e);
+            }
+            return None;
+        }
+        if now_leader != leader {
+            let show = |l: &Option<NodeId>| l.as_ref().map(|n| n.0.clone()).unwrap_or_else(|| "none".into());
+            tracing::info!("leader changed from {} to {}, term {}", show(&leader), show(&now_leader), term);
+            leader = now_leader;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = rx.changed() => if r.is_err() { return None },
+        }
+    }
+}
+
+/// Asks a member of an existing cluster to add this node, retrying until it answers.
+async fn join_cluster(node: Arc<Node>, targets: Vec<String>, shutdown: CancellationToken) {
+    let req = JoinRequest {
+        node_id: node.id.0.clone(),
+        addr: node.me.raft_addr.clone(),
+        http_addr: Some(node.me.http_addr.clone()),
+    };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        for target in &targets {
+            match node
+                .peers
+                .call::<_, serde_json::Value>(target, "/join", &req, Duration::from_secs(60))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(via = %target, phase = "joined", "joined the cluster as a voter");
+                    return;
+                }
+                Err(e) => tracing::warn!(via = %target, error = %e, "join attempt failed; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Registers the printers declared in this node's config into the replicated farm.
+async fn register_printers(node: Arc<Node>, s: Settings, shutdown: CancellationToken) {
+    for decl in &s.printers {
+        let new = NewPrinter {
+            id: Some(crate::domain::RawId::Text(decl.id.clone())),
+            company: decl.company.clone(),
+            model: decl.model.clone(),
+            node_id: Some(crate::domain::RawId::Text(s.id.clone())),
+            connection: Some(decl.connection.clone()),
+        };
+        let printer = match new.into_printer(decl.id.clone(), &crate::cluster::node::now_rfc3339()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(printer = %decl.id, error = %e, "declared printer is invalid");
+                continue;
+            }
+        };
+        loop {
+            match node.propose(Command::CreatePrinter(printer.clone())).await {
+                Ok(Ok(Applied::Printer(_))) => {
+                    tracing::info!(printer = %decl.id, "registered printer from config");
+                    break;
+                }
+                Ok(Err(DomainError::DuplicateId { .. })) | Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(printer = %decl.id, error = %e, "could not register printer");
+                    break;
+                }
+                Err(ClusterError::ShuttingDown) => return,
+                Err(e) => tracing::debug!(error = %e, "printer registration waits for a leader"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
