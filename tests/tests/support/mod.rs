@@ -1,0 +1,249 @@
+//! Harness for process-level tests: real `raft3d` processes on free loopback ports in a temp
+//! dir, with kill -9, SIGTERM and restart, and small blocking HTTP helpers. Every wait is
+//! bounded and fails the test with the node logs' location.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `raft3d` binary next to this test executable (built by the same cargo invocation).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("raft3d");
+    assert!(
+        bin.exists(),
+        "{} is missing; build it first with `cargo build -p raft3d` (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `cond` every 50 ms until it returns `Some`, or panics after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct NodeProc {
+    pub id: String,
+    pub http: String,
+    pub raft: String,
+    pub data: PathBuf,
+    pub extra: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// Starts the process with `args` after the common identity flags.
+    pub fn spawn(&mut self, args: &[String]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(binary())
+            .args(["-id", &self.id, "-http", &self.http, "-raft", &self.raft, "-data"])
+            .arg(&self.data)
+            .args(args)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raft3d");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and returns how long the process took to exit.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        started.elapsed()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Prepares `n` nodes (node1..nodeN) without starting them.
+    pub fn new(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nodes = (1..=n)
+            .map(|i| NodeProc {
+                id: format!("node{i}"),
+                http: format!("127.0.0.1:{}", free_port()),
+                raft: format!("127.0.0.1:{}", free_port()),
+                data: dir.path().join("data"),
+                extra: Vec::new(),
+                child: None,
+                log: dir.path().join(format!("node{i}.log")),
+            })
+            .collect();
+        Cluster { nodes, dir }
+    }
+
+    /// Adds `args` to every node's command line.
+    pub fn with_args(mut self, args: &[&str]) -> Cluster {
+        for n in &mut self.nodes {
+            n.extra.extend(args.iter().map(|s| s.to_string()));
+        }
+        self
+    }
+
+    /// Starts node1 with -bootstrap and the others with -join, and waits for all voters.
+    pub fn start(n: usize) -> Cluster {
+        let mut c = Cluster::new(n);
+        c.boot();
+        c
+    }
+
+    pub fn boot(&mut self) {
+        self.nodes[0].spawn(&["-bootstrap".to_string()]);
+        self.wait_leader(Duration::from_secs(20));
+        let join = self.nodes[0].http.clone();
+        for i in 1..self.nodes.len() {
+            self.nodes[i].spawn(&["-join".to_string(), join.clone()]);
+        }
+        self.wait_voters(self.nodes.len(), Duration::from_secs(40));
+    }
+
+    pub fn status(&self, i: usize) -> Option<Value> {
+        let (code, v) = get(&self.nodes[i].url("/cluster/status")).ok()?;
+        (code == 200).then_some(v)
+    }
+
+    /// Index of the current leader, as reported by a live node that knows one.
+    pub fn wait_leader(&self, limit: Duration) -> usize {
+        wait_for("a leader", limit, || {
+            for i in 0..self.nodes.len() {
+                if let Some(s) = self.status(i) {
+                    if s["is_leader"] == true {
+                        return Some(i);
+                    }
+                }
+            }
+            None
+        })
+    }
+
+    pub fn wait_voters(&self, n: usize, limit: Duration) {
+        wait_for(&format!("{n} voters"), limit, || {
+            let s = self.status(0).or_else(|| self.status(1))?;
+            let voters = s["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["role"] == "voter")
+                .count();
+            (voters == n && !s["leader"].is_null()).then_some(())
+        })
+    }
+
+    pub fn node(&mut self, i: usize) -> &mut NodeProc {
+        &mut self.nodes[i]
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("===== {} =====\n{}", n.id, n.log_text()))
+            .collect()
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
+}
+
+fn parse(resp: reqwest::blocking::Response) -> reqwest::Result<(u16, Value)> {
+    let code = resp.status().as_u16();
+    let text = resp.text()?;
+    Ok((code, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+}
+
+pub fn get(url: &str) -> reqwest::Result<(u16, Value)> {
+    parse(client().get(url).send()?)
+}
+
+pub fn post(url: &str, body: &Value) -> reqwest::Result<(u16, Value)> {
+    parse(client().post(url).json(body).send()?)
+}
+
+pub fn post_raw(url: &str, body: impl Into<reqwest::blocking::Body>) -> reqwest::Result<(u16, Value)> {
+    parse(
+        client()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()?,
+    )
+}
+
+pub fn delete(url: &str) -> reqwest::Result<(u16, Value)> {
+    parse(client().delete(url).send()?)
+}
