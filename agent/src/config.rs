@@ -221,7 +221,9 @@ fn host_port(key: &str, value: &str, problems: &mut Vec<String>) -> Option<(Stri
     match port.parse::<u16>() {
         Ok(p) => Some((host.to_string(), p)),
         Err(_) => {
-            problems.push(format!("{key}: port must be a number 0-65535, got {port:?}"));
+            problems.push(format!(
+                "{key}: port must be a number 0-65535, got {port:?}"
+            ));
             None
         }
     }
@@ -268,7 +270,11 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         .unwrap_or_else(|| ":8080".into());
     let (http_bind, http_advertise) = match host_port("http", &http, &mut problems) {
         Some((host, port)) => {
-            let bind_host = if host.is_empty() { "0.0.0.0".to_string() } else { host.clone() };
+            let bind_host = if host.is_empty() {
+                "0.0.0.0".to_string()
+            } else {
+                host.clone()
+            };
             let adv_host = if host.is_empty() || host == "0.0.0.0" || host == "[::]" {
                 raft_host.clone().unwrap_or_else(|| "127.0.0.1".into())
             } else {
@@ -279,7 +285,11 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         None => (String::new(), String::new()),
     };
     let mut join: Vec<String> = match &args.join {
-        Some(j) => j.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        Some(j) => j
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
         None => file.join.clone(),
     };
     join.retain(|j| !j.is_empty());
@@ -288,7 +298,10 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
     }
     let bootstrap = args.bootstrap || file.bootstrap;
     if bootstrap && !join.is_empty() {
-        problems.push("bootstrap: use either -bootstrap (first node) or -join (every other node), not both".into());
+        problems.push(
+            "bootstrap: use either -bootstrap (first node) or -join (every other node), not both"
+                .into(),
+        );
     }
     let t = &file.tuning;
     if t.heartbeat_ms == 0 {
@@ -302,7 +315,10 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         ));
     }
     if t.election_timeout_max_ms <= t.election_timeout_min_ms {
-        problems.push("raft_tuning.election_timeout_max_ms: must be greater than election_timeout_min_ms".into());
+        problems.push(
+            "raft_tuning.election_timeout_max_ms: must be greater than election_timeout_min_ms"
+                .into(),
+        );
     }
     if t.snapshot_threshold == 0 {
         problems.push("raft_tuning.snapshot_threshold: must be positive".into());
@@ -332,7 +348,9 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         .or(file.log_level.clone())
         .unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-        problems.push(format!("log_level: {log_level:?} is not a level (error, warn, info, debug, trace)"));
+        problems.push(format!(
+            "log_level: {log_level:?} is not a level (error, warn, info, debug, trace)"
+        ));
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -369,8 +387,16 @@ mod tests {
     #[test]
     fn single_and_double_dash_spellings_both_work() {
         let cli = parse(&[
-            "raft3d", "-id", "node1", "-http", ":8080", "-raft", "127.0.0.1:7000", "-data",
-            "./data", "-bootstrap",
+            "raft3d",
+            "-id",
+            "node1",
+            "-http",
+            ":8080",
+            "-raft",
+            "127.0.0.1:7000",
+            "-data",
+            "./data",
+            "-bootstrap",
         ]);
         let s = settings(&cli.run).unwrap();
         assert_eq!(s.id, "node1");

@@ -68,7 +68,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     wait_ready(&http(0), 3, Duration::from_secs(30))?;
 
-    println!("Raft3D demo farm is up: 3 nodes on loopback (logs in {}/nodeN.log)\n", args.data.display());
+    println!(
+        "Raft3D demo farm is up: 3 nodes on loopback (logs in {}/nodeN.log)\n",
+        args.data.display()
+    );
     for i in 0..3u16 {
         println!(
             "  node{}  http://{}  peers {}  pid {}",
@@ -89,7 +92,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  curl -s http://{}/api/v1/filaments/f1", http(2));
     println!("\nKill a node (kill -9 <pid>) and the others keep serving. Ctrl-C stops the farm.");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -104,12 +109,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// Polls `/cluster/status` until `voters` voters and a leader are reported.
 fn wait_ready(http: &str, voters: usize, limit: Duration) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let client = reqwest::Client::builder().no_proxy().build()?;
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("http://{http}/cluster/status")).send().await {
+            if let Ok(r) = client
+                .get(format!("http://{http}/cluster/status"))
+                .send()
+                .await
+            {
                 if let Ok(v) = r.json::<serde_json::Value>().await {
                     let n = v["members"]
                         .as_array()

@@ -3,10 +3,10 @@
 //! # Layout
 //!
 //! - [`domain`]: the data model and every rule, pure and deterministic.
-pub mod domain;
-pub mod cluster;
-pub mod store;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod domain;
 pub mod server;
+pub mod store;

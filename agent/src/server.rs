@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,10 +26,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error("storage under {dir}: {source}")]
-    Storage {
-        dir: String,
-        source: std::io::Error,
-    },
+    Storage { dir: String, source: std::io::Error },
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -96,13 +94,14 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
             addr: s.raft.clone(),
             source,
         })?;
-    let http_listener = TcpListener::bind(&s.http_bind)
-        .await
-        .map_err(|source| ServerError::Bind {
-            what: "the HTTP API",
-            addr: s.http_bind.clone(),
-            source,
-        })?;
+    let http_listener =
+        TcpListener::bind(&s.http_bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "the HTTP API",
+                addr: s.http_bind.clone(),
+                source,
+            })?;
     let me = Member {
         raft_addr: s.raft.clone(),
         http_addr: s.http_advertise.clone(),
@@ -139,13 +138,19 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
     let http_app = crate::api::router(node.clone(), secret);
     let stop = shutdown.clone();
     let peer_server = tokio::spawn(async move {
-        axum::serve(raft_listener, peer_app)
+        let listener = raft_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, peer_app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
     let stop = shutdown.clone();
     let http_server = tokio::spawn(async move {
-        axum::serve(http_listener, http_app)
+        let listener = http_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, http_app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
@@ -159,7 +164,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
         if initialized {
             tracing::info!("-bootstrap ignored: this node already has cluster state");
         } else {
-            tracing::info!(phase = "bootstrap", "initializing a new single-node cluster");
+            tracing::info!(
+                phase = "bootstrap",
+                "initializing a new single-node cluster"
+            );
             raft.initialize(BTreeMap::from([(NodeId(s.id.clone()), me.clone())]))
                 .await
                 .map_err(|e| ServerError::Raft(e.to_string()))?;
@@ -174,14 +182,20 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
     let fatal = tokio::spawn(watch_raft(raft.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;
-    tracing::info!(phase = "stop", "stopping: no new requests, shutting down raft");
+    tracing::info!(
+        phase = "stop",
+        "stopping: no new requests, shutting down raft"
+    );
     let fatal = if fatal.is_finished() {
         fatal.await.ok().flatten()
     } else {
         fatal.abort();
         None
     };
-    if tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), raft.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("raft did not stop within 5 s");
     }
     for server in [peer_server, http_server] {
@@ -216,8 +230,17 @@ async fn watch_raft(raft: Raft, shutdown: CancellationToken) -> Option<String> {
             return None;
         }
         if now_leader != leader {
-            let show = |l: &Option<NodeId>| l.as_ref().map(|n| n.0.clone()).unwrap_or_else(|| "none".into());
-            tracing::info!("leader changed from {} to {}, term {}", show(&leader), show(&now_leader), term);
+            let show = |l: &Option<NodeId>| {
+                l.as_ref()
+                    .map(|n| n.0.clone())
+                    .unwrap_or_else(|| "none".into())
+            };
+            tracing::info!(
+                "leader changed from {} to {}, term {}",
+                show(&leader),
+                show(&now_leader),
+                term
+            );
             leader = now_leader;
         }
         tokio::select! {
@@ -246,7 +269,9 @@ async fn join_cluster(node: Arc<Node>, targets: Vec<String>, shutdown: Cancellat
                     tracing::info!(via = %target, phase = "joined", "joined the cluster as a voter");
                     return;
                 }
-                Err(e) => tracing::warn!(via = %target, error = %e, "join attempt failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(via = %target, error = %e, "join attempt failed; will retry")
+                }
             }
         }
         tokio::select! {
@@ -267,7 +292,8 @@ async fn register_printers(node: Arc<Node>, s: Settings, shutdown: CancellationT
             node_id: Some(crate::domain::RawId::Text(s.id.clone())),
             connection: Some(decl.connection.clone()),
         };
-        let printer = match new.into_printer(decl.id.clone(), &crate::cluster::node::now_rfc3339()) {
+        let printer = match new.into_printer(decl.id.clone(), &crate::cluster::node::now_rfc3339())
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(printer = %decl.id, error = %e, "declared printer is invalid");

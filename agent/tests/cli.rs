@@ -35,7 +35,15 @@ fn check_config_reports_every_problem_at_once() {
         assert!(err.contains(key), "{key} missing from:\n{err}");
     }
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "id = \"node1\"\nraft = \"127.0.0.1:7000\"\nhttp = \":8080\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "id = \"node1\"\nraft = \"127.0.0.1:7000\"\nhttp = \":8080\"\n",
+    )
+    .unwrap();
     let out = raft3d(&["check-config", good.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

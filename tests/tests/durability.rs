@@ -11,13 +11,32 @@ use support::{get, post, post_raw, wait_for, Cluster};
 
 fn seed(c: &Cluster, via: usize) {
     let n = &c.nodes[via];
-    assert_eq!(post(&n.url("/api/v1/printers"), &json!({"id": "p1", "company": "Prusa", "model": "MK4"})).unwrap().0, 201);
-    assert_eq!(post(&n.url("/api/v1/filaments"), &json!({"id": "f1", "type": "PLA", "color": "red", "total_weight_in_grams": 100000})).unwrap().0, 201);
+    assert_eq!(
+        post(
+            &n.url("/api/v1/printers"),
+            &json!({"id": "p1", "company": "Prusa", "model": "MK4"})
+        )
+        .unwrap()
+        .0,
+        201
+    );
+    assert_eq!(
+        post(
+            &n.url("/api/v1/filaments"),
+            &json!({"id": "f1", "type": "PLA", "color": "red", "total_weight_in_grams": 100000})
+        )
+        .unwrap()
+        .0,
+        201
+    );
 }
 
 fn create_job(c: &Cluster, via: usize, id: &str) -> bool {
     matches!(
-        post(&c.nodes[via].url("/api/v1/print_jobs"), &json!({"id": id, "printer_id": "p1", "filament_id": "f1", "filepath": "a.gcode", "print_weight_in_grams": 1})),
+        post(
+            &c.nodes[via].url("/api/v1/print_jobs"),
+            &json!({"id": id, "printer_id": "p1", "filament_id": "f1", "filepath": "a.gcode", "print_weight_in_grams": 1})
+        ),
         Ok((201, _))
     )
 }
@@ -51,9 +70,11 @@ fn kill9_of_the_leader_loses_no_acknowledged_write() {
     let killed = Instant::now();
     let survivor = (leader + 1) % 3;
     // Writes continue through a survivor once a new leader is elected.
-    wait_for("a write after the leader died", Duration::from_secs(10), || {
-        create_job(&c, survivor, "after-kill").then_some(())
-    });
+    wait_for(
+        "a write after the leader died",
+        Duration::from_secs(10),
+        || create_job(&c, survivor, "after-kill").then_some(()),
+    );
     let failover = killed.elapsed();
     eprintln!("write accepted again {failover:?} after kill -9 of the leader");
     acked.push("after-kill".into());
@@ -66,10 +87,14 @@ fn kill9_of_the_leader_loses_no_acknowledged_write() {
     // The old leader restarts with its data and catches up.
     c.node(leader).spawn(&[]);
     for i in 0..3 {
-        wait_for(&format!("node {i} to hold every acknowledged write"), Duration::from_secs(20), || {
-            let ids = job_ids(&c, i)?;
-            acked.iter().all(|a| ids.contains(a)).then_some(())
-        });
+        wait_for(
+            &format!("node {i} to hold every acknowledged write"),
+            Duration::from_secs(20),
+            || {
+                let ids = job_ids(&c, i)?;
+                acked.iter().all(|a| ids.contains(a)).then_some(())
+            },
+        );
     }
     let (code, f) = get(&c.nodes[leader].url("/api/v1/filaments/f1")).unwrap();
     assert_eq!(code, 200, "restarted node serves linearizable reads: {f}");
@@ -83,7 +108,9 @@ fn restart_keeps_state_and_bootstrap_again_is_harmless() {
     c.node(0).terminate();
     c.node(0).spawn(&["-bootstrap".to_string()]);
     c.wait_leader(Duration::from_secs(15));
-    let ids = wait_for("jobs after restart", Duration::from_secs(10), || job_ids(&c, 0));
+    let ids = wait_for("jobs after restart", Duration::from_secs(10), || {
+        job_ids(&c, 0)
+    });
     assert_eq!(ids, vec!["j1".to_string()]);
     assert!(create_job(&c, 0, "j2"), "writes work after restart");
 }
@@ -103,11 +130,16 @@ fn a_node_far_behind_catches_up_from_a_snapshot() {
         assert!(create_job(&c, leader, &format!("j{i}")), "write {i}");
     }
     c.node(lagging).spawn(&[]);
-    wait_for("the lagging node to catch up", Duration::from_secs(30), || {
-        (job_ids(&c, lagging)?.len() == 1200).then_some(())
-    });
+    wait_for(
+        "the lagging node to catch up",
+        Duration::from_secs(30),
+        || (job_ids(&c, lagging)?.len() == 1200).then_some(()),
+    );
     let log = c.nodes[lagging].log_text();
-    assert!(log.contains("installed snapshot from leader"), "catch-up used a snapshot:\n{log}");
+    assert!(
+        log.contains("installed snapshot from leader"),
+        "catch-up used a snapshot:\n{log}"
+    );
 }
 
 #[test]
@@ -123,7 +155,11 @@ fn no_leader_answers_503_after_a_bounded_wait_and_sigterm_stops_promptly() {
     c.node(leader).kill9();
     c.node(a).kill9();
     let started = Instant::now();
-    let (code, v) = post_raw(&c.nodes[b].url("/api/v1/printers"), r#"{"company":"A","model":"B"}"#).unwrap();
+    let (code, v) = post_raw(
+        &c.nodes[b].url("/api/v1/printers"),
+        r#"{"company":"A","model":"B"}"#,
+    )
+    .unwrap();
     assert_eq!(code, 503, "{v}");
     assert_eq!(v["error"]["code"], "no_leader");
     assert!(started.elapsed() < Duration::from_secs(10), "bounded wait");

@@ -14,7 +14,11 @@ fn peers_and_membership_need_the_secret() {
     let mut c = c;
     c.boot();
     let n = &c.nodes[0];
-    let (code, _) = post(&n.url("/join"), &json!({"node_id": "intruder", "addr": "127.0.0.1:1"})).unwrap();
+    let (code, _) = post(
+        &n.url("/join"),
+        &json!({"node_id": "intruder", "addr": "127.0.0.1:1"}),
+    )
+    .unwrap();
     assert_eq!(code, 401);
     let (code, _) = post(&format!("http://{}/raft/vote", n.raft), &json!({})).unwrap();
     assert_eq!(code, 401);
@@ -26,9 +30,15 @@ fn peers_and_membership_need_the_secret() {
         .unwrap()
         .status();
     assert_eq!(code, 401);
-    assert!(n.log_text().contains("refused peer request without a valid cluster secret"));
+    assert!(n
+        .log_text()
+        .contains("refused peer request without a valid cluster secret"));
     // Client API stays open; the cluster still works.
-    let (code, _) = post(&c.nodes[1].url("/api/v1/printers"), &json!({"company": "A", "model": "B"})).unwrap();
+    let (code, _) = post(
+        &c.nodes[1].url("/api/v1/printers"),
+        &json!({"company": "A", "model": "B"}),
+    )
+    .unwrap();
     assert_eq!(code, 201);
     c.wait_voters(3, Duration::from_secs(5));
 }
@@ -36,7 +46,13 @@ fn peers_and_membership_need_the_secret() {
 #[test]
 fn without_a_secret_the_node_warns_and_old_commands_work() {
     let c = Cluster::start(2);
-    assert!(c.nodes[0].log_text().contains("NO CLUSTER SECRET CONFIGURED"));
-    let (code, _) = post(&c.nodes[1].url("/api/v1/printers"), &json!({"company": "A", "model": "B"})).unwrap();
+    assert!(c.nodes[0]
+        .log_text()
+        .contains("NO CLUSTER SECRET CONFIGURED"));
+    let (code, _) = post(
+        &c.nodes[1].url("/api/v1/printers"),
+        &json!({"company": "A", "model": "B"}),
+    )
+    .unwrap();
     assert_eq!(code, 201);
 }

@@ -16,10 +16,18 @@ fn spec_scenario_through_every_node() {
     let o = &c.nodes[other];
 
     // Writes through followers are forwarded by the server itself.
-    let (code, p) = post(&f.url("/api/v1/printers"), &json!({"id": 1, "company": "Prusa", "model": "MK4"})).unwrap();
+    let (code, p) = post(
+        &f.url("/api/v1/printers"),
+        &json!({"id": 1, "company": "Prusa", "model": "MK4"}),
+    )
+    .unwrap();
     assert_eq!(code, 201, "{p}");
     assert_eq!(p["id"], "1", "integer ids come back as strings");
-    let (code, fil) = post(&o.url("/api/v1/filaments"), &json!({"id": "f1", "type": "pla", "color": "red", "total_weight_in_grams": 10})).unwrap();
+    let (code, fil) = post(
+        &o.url("/api/v1/filaments"),
+        &json!({"id": "f1", "type": "pla", "color": "red", "total_weight_in_grams": 10}),
+    )
+    .unwrap();
     assert_eq!(code, 201, "{fil}");
     assert_eq!(fil["type"], "PLA");
     assert_eq!(fil["remaining_weight_in_grams"], 10);
@@ -38,25 +46,57 @@ fn spec_scenario_through_every_node() {
     assert_eq!(code, 201);
 
     // Duplicate id is a conflict, not an overwrite.
-    let (code, err) = post(&f.url("/api/v1/printers"), &json!({"id": "1", "company": "Other", "model": "X"})).unwrap();
-    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("duplicate_id")));
+    let (code, err) = post(
+        &f.url("/api/v1/printers"),
+        &json!({"id": "1", "company": "Other", "model": "X"}),
+    )
+    .unwrap();
+    assert_eq!(
+        (code, err["error"]["code"].as_str()),
+        (409, Some("duplicate_id"))
+    );
 
     // A create asking for another status is rejected.
     let (code, _) = post(&f.url("/api/v1/print_jobs"), &json!({"printer_id": "1", "filament_id": "f1", "filepath": "x", "print_weight_in_grams": 0.01, "status": "Running"})).unwrap();
     assert_eq!(code, 400);
 
     // Queued -> Running (quoted value), Done through a body; Done twice is refused.
-    let (code, j) = post_raw(&f.url(&format!("/api/v1/print_jobs/{job_id}/status?status=%22RUNNING%22")), "").unwrap();
+    let (code, j) = post_raw(
+        &f.url(&format!(
+            "/api/v1/print_jobs/{job_id}/status?status=%22RUNNING%22"
+        )),
+        "",
+    )
+    .unwrap();
     assert_eq!((code, j["status"].as_str()), (200, Some("Running")), "{j}");
-    let (code, err) = post_raw(&o.url("/api/v1/print_jobs/fits/status?status=running"), "").unwrap();
-    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("printer_busy")));
-    let (code, j) = post(&o.url(&format!("/api/v1/print_jobs/{job_id}/status")), &json!({"status": "done"})).unwrap();
+    let (code, err) =
+        post_raw(&o.url("/api/v1/print_jobs/fits/status?status=running"), "").unwrap();
+    assert_eq!(
+        (code, err["error"]["code"].as_str()),
+        (409, Some("printer_busy"))
+    );
+    let (code, j) = post(
+        &o.url(&format!("/api/v1/print_jobs/{job_id}/status")),
+        &json!({"status": "done"}),
+    )
+    .unwrap();
     assert_eq!((code, j["status"].as_str()), (200, Some("Done")), "{j}");
-    let (code, _) = post_raw(&f.url(&format!("/api/v1/print_jobs/{job_id}/status?status=done")), "").unwrap();
+    let (code, _) = post_raw(
+        &f.url(&format!("/api/v1/print_jobs/{job_id}/status?status=done")),
+        "",
+    )
+    .unwrap();
     assert_eq!(code, 409);
     let (code, err) = post_raw(&f.url("/api/v1/print_jobs/fits/status?status=failed"), "").unwrap();
-    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("failed_reserved_for_agent")));
-    let (code, j) = post_raw(&f.url("/api/v1/print_jobs/fits/status?status=Cancelled"), "").unwrap();
+    assert_eq!(
+        (code, err["error"]["code"].as_str()),
+        (409, Some("failed_reserved_for_agent"))
+    );
+    let (code, j) = post_raw(
+        &f.url("/api/v1/print_jobs/fits/status?status=Cancelled"),
+        "",
+    )
+    .unwrap();
     assert_eq!((code, j["status"].as_str()), (200, Some("Canceled")));
 
     // The deduction is visible on every node, linearizable by default and stale on request.
@@ -67,7 +107,9 @@ fn spec_scenario_through_every_node() {
         let (_, done) = get(&n.url("/api/v1/print_jobs?status=done")).unwrap();
         assert_eq!(done.as_array().unwrap().len(), 1, "on {}", n.id);
         let (_, stale) = get(&n.url("/api/v1/filaments/f1?consistency=stale")).unwrap();
-        assert!(stale["remaining_weight_in_grams"] == 4.98 || stale["remaining_weight_in_grams"] == 10);
+        assert!(
+            stale["remaining_weight_in_grams"] == 4.98 || stale["remaining_weight_in_grams"] == 10
+        );
     }
 }
 
@@ -91,19 +133,36 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         let (code, v) = post_raw(&n.url(path), body.to_string()).unwrap();
         assert_eq!(code, *want, "{path} {body} -> {v}");
         let msg = v["error"]["message"].as_str().unwrap_or_default();
-        assert!(v["error"]["code"].is_string(), "stable shape for {body}: {v}");
-        assert!(msg.contains(needle), "message {msg:?} should mention {needle:?}");
+        assert!(
+            v["error"]["code"].is_string(),
+            "stable shape for {body}: {v}"
+        );
+        assert!(
+            msg.contains(needle),
+            "message {msg:?} should mention {needle:?}"
+        );
     }
     let (code, v) = post_raw(&n.url("/api/v1/printers"), vec![b'x'; 100_000]).unwrap();
     assert_eq!(code, 413, "{v}");
     let (code, v) = get(&n.url("/api/v1/print_jobs/nope")).unwrap();
-    assert_eq!((code, v["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let (code, _) = get(&n.url("/api/v1/print_jobs?status=weird")).unwrap();
     assert_eq!(code, 400);
     let (code, _) = get(&n.url("/api/v1/printers?consistency=sometimes")).unwrap();
     assert_eq!(code, 400);
-    for path in ["/api/v1/printers", "/api/v1/filaments", "/api/v1/print_jobs"] {
+    for path in [
+        "/api/v1/printers",
+        "/api/v1/filaments",
+        "/api/v1/print_jobs",
+    ] {
         let (code, v) = get(&n.url(path)).unwrap();
-        assert_eq!((code, v), (200, serde_json::json!([])), "rejected requests stored nothing");
+        assert_eq!(
+            (code, v),
+            (200, serde_json::json!([])),
+            "rejected requests stored nothing"
+        );
     }
 }

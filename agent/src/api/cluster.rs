@@ -53,7 +53,11 @@ pub fn status_view(node: &Node) -> StatusView {
         .nodes()
         .map(|(id, n)| MemberView {
             id: id.0.clone(),
-            role: if voters.contains(id) { "voter" } else { "learner" },
+            role: if voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            },
             raft_addr: n.raft_addr.clone(),
             http_addr: n.http_addr.clone(),
         })
@@ -92,7 +96,9 @@ pub async fn join(
     let req: JoinRequest = json(&body(b)?)?;
     crate::domain::parse_id("node_id", &req.node_id)?;
     if !req.addr.contains(':') {
-        return Err(ApiError::bad_request("addr: must be the joining node's raft HOST:PORT"));
+        return Err(ApiError::bad_request(
+            "addr: must be the joining node's raft HOST:PORT",
+        ));
     }
     let id = req.node_id.clone();
     node.join(req).await?;
@@ -109,7 +115,9 @@ pub async fn remove(
     q: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Some(id) = super::input::query(q)?.id else {
-        return Err(ApiError::bad_request("id: missing; use DELETE /cluster/servers?id=node3"));
+        return Err(ApiError::bad_request(
+            "id: missing; use DELETE /cluster/servers?id=node3",
+        ));
     };
     node.remove(id.clone()).await?;
     Ok(Json(serde_json::json!({"removed": id})))
@@ -125,7 +133,11 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_js
     let m = node.metrics();
     let committed = m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0);
     let applied = m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
-    let member = m.membership_config.membership().get_node(&node.id).is_some();
+    let member = m
+        .membership_config
+        .membership()
+        .get_node(&node.id)
+        .is_some();
     let reason = if m.running_state.is_err() {
         Some("raft has stopped".to_string())
     } else if !member {

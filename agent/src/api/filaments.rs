@@ -19,7 +19,10 @@ pub async fn create(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let req: NewFilament = json(&body(b)?)?;
-    let f = req.into_filament(generated_id("filament"), &crate::cluster::node::now_rfc3339())?;
+    let f = req.into_filament(
+        generated_id("filament"),
+        &crate::cluster::node::now_rfc3339(),
+    )?;
     respond_created(&node, Command::CreateFilament(f)).await
 }
 

@@ -32,7 +32,9 @@ pub fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 /// Parses a JSON body; the error names the field at fault.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(ApiError::bad_request("request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "request body is empty; send a JSON object",
+        ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -65,7 +67,12 @@ pub struct ReadOptions {
 impl ReadOptions {
     /// `true` for the default linearizable read, `false` for `?consistency=stale`.
     pub fn linearizable(&self) -> Result<bool, ApiError> {
-        match self.consistency.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        match self
+            .consistency
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("linearizable") | Some("strong") => Ok(true),
             Some("stale") | Some("local") => Ok(false),
             Some(other) => Err(ApiError::bad_request(format!(

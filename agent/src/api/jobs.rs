@@ -64,9 +64,7 @@ pub struct StatusQuery {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum StatusBody {
-    Object {
-        status: String,
-    },
+    Object { status: String },
     Bare(String),
 }
 
@@ -98,6 +96,8 @@ pub async fn set_status(
     };
     match node.propose(cmd).await?? {
         Applied::Job(j) => Ok(Json(j)),
-        other => Err(ApiError::bad_request(format!("unexpected result {other:?}"))),
+        other => Err(ApiError::bad_request(format!(
+            "unexpected result {other:?}"
+        ))),
     }
 }

@@ -69,9 +69,15 @@ pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
         .route("/cluster/servers", axum::routing::delete(cluster::remove))
         .layer(middleware::from_fn_with_state(secret, require_secret));
     Router::new()
-        .route("/api/v1/printers", post(printers::create).get(printers::list))
+        .route(
+            "/api/v1/printers",
+            post(printers::create).get(printers::list),
+        )
         .route("/api/v1/printers/{id}", get(printers::get))
-        .route("/api/v1/filaments", post(filaments::create).get(filaments::list))
+        .route(
+            "/api/v1/filaments",
+            post(filaments::create).get(filaments::list),
+        )
         .route("/api/v1/filaments/{id}", get(filaments::get))
         .route("/api/v1/print_jobs", post(jobs::create).get(jobs::list))
         .route("/api/v1/print_jobs/{id}", get(jobs::get))

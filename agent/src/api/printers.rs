@@ -19,7 +19,10 @@ pub async fn create(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let req: NewPrinter = json(&body(b)?)?;
-    let printer = req.into_printer(generated_id("printer"), &crate::cluster::node::now_rfc3339())?;
+    let printer = req.into_printer(
+        generated_id("printer"),
+        &crate::cluster::node::now_rfc3339(),
+    )?;
     respond_created(&node, Command::CreatePrinter(printer)).await
 }
 

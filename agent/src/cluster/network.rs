@@ -32,7 +32,9 @@ pub enum PeerError {
     /// The request never reached the peer: safe to retry elsewhere.
     #[error("cannot connect to {addr}: {message}")]
     Unreachable { addr: String, message: String },
-    #[error("peer {addr} refused our cluster secret (HTTP 401); check cluster_secret on both nodes")]
+    #[error(
+        "peer {addr} refused our cluster secret (HTTP 401); check cluster_secret on both nodes"
+    )]
     Unauthorized { addr: String },
     /// The request may or may not have been processed.
     #[error("no usable answer from {addr}: {message}")]
@@ -220,7 +222,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 .await;
             match res {
                 Ok(Ok(r)) => Ok(r),
-                Ok(Err(e)) => Err(StreamingError::Network(NetworkError::from_string(e.to_string()))),
+                Ok(Err(e)) => Err(StreamingError::Network(NetworkError::from_string(
+                    e.to_string(),
+                ))),
                 Err(e @ PeerError::Unreachable { .. }) => {
                     Err(StreamingError::Unreachable(Unreachable::new(&e)))
                 }

@@ -86,9 +86,11 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-fn raft_error<E: std::fmt::Display + std::fmt::Debug>(e: RaftError<super::types::TypeConfig, E>) -> ClusterError
+fn raft_error<E>(e: RaftError<super::types::TypeConfig, E>) -> ClusterError
 where
-    E: openraft::TryAsRef<openraft::errors::ForwardToLeader<super::types::TypeConfig>>,
+    E: std::fmt::Display
+        + std::fmt::Debug
+        + openraft::TryAsRef<openraft::errors::ForwardToLeader<super::types::TypeConfig>>,
 {
     if e.forward_to_leader().is_some() {
         return ClusterError::NotLeader;
@@ -299,16 +301,24 @@ impl Node {
                 )));
             }
             self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id.clone()])), false)
+                .change_membership(
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id.clone()])),
+                    false,
+                )
                 .await
                 .map_err(raft_error)?;
         } else if membership.learner_ids().any(|l| l == id) {
             self.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id.clone()])), false)
+                .change_membership(
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id.clone()])),
+                    false,
+                )
                 .await
                 .map_err(raft_error)?;
         } else {
-            return Err(ClusterError::Invalid(format!("node {id} is not a member of this cluster")));
+            return Err(ClusterError::Invalid(format!(
+                "node {id} is not a member of this cluster"
+            )));
         }
         tracing::info!(node = %id, "removed from the cluster");
         Ok(())

@@ -58,9 +58,10 @@ pub async fn require_secret(
     next.run(req).await
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad peer request: {e}")).into_response())
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new((StatusCode::BAD_REQUEST, format!("bad peer request: {e}")).into_response())
+    })
 }
 
 pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
@@ -82,21 +83,21 @@ pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
 async fn append(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match parse(&body) {
         Ok(req) => Json(node.raft.append_entries(req).await).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match parse(&body) {
         Ok(req) => Json(node.raft.vote(req).await).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match parse(&body) {
         Ok(req) => Json(node.raft.pre_vote(req).await).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -110,7 +111,7 @@ async fn transfer_leader(State(node): State<Arc<Node>>, body: Bytes) -> Response
                 .map_err(RaftError::<TypeConfig>::Fatal);
             Json(res).into_response()
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -127,7 +128,7 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
     let (vote, meta): (Vote, SnapshotMeta) = match parse(&body.slice(8..8 + len)) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let snapshot = openraft::Snapshot {
         meta,
@@ -144,7 +145,7 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 async fn propose(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match parse::<Proposal>(&body) {
         Ok(p) => Json(ForwardReply::from(node.propose_here(p).await)).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -155,13 +156,13 @@ async fn read_index(State(node): State<Arc<Node>>) -> Response {
 async fn join(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match parse::<JoinRequest>(&body) {
         Ok(req) => Json(ForwardReply::from(node.join_here(req).await)).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn remove(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match parse::<String>(&body) {
         Ok(id) => Json(ForwardReply::from(node.remove_here(id).await)).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }

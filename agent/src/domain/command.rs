@@ -35,7 +35,10 @@ pub enum Command {
 pub enum Origin {
     Client,
     /// `attempt` is the log index of the `Running` entry the agent is dispatching: the fence.
-    Agent { node_id: String, attempt: u64 },
+    Agent {
+        node_id: String,
+        attempt: u64,
+    },
 }
 
 /// The object a command created or changed.

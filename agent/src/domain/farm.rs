@@ -40,9 +40,7 @@ fn allowed_from(from: JobStatus) -> &'static str {
     match from {
         JobStatus::Queued => "Running, Canceled",
         JobStatus::Running => "Done, Canceled (Failed by the printer's agent)",
-        JobStatus::Done | JobStatus::Canceled | JobStatus::Failed => {
-            "nothing: the job is finished"
-        }
+        JobStatus::Done | JobStatus::Canceled | JobStatus::Failed => "nothing: the job is finished",
     }
 }
 

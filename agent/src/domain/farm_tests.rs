@@ -60,7 +60,10 @@ fn farm() -> FarmState {
 }
 
 fn remaining(s: &FarmState, f: &str) -> u64 {
-    s.filament(f).unwrap().remaining_weight_in_grams.milligrams()
+    s.filament(f)
+        .unwrap()
+        .remaining_weight_in_grams
+        .milligrams()
 }
 
 /// Puts job `j1` (10 g on p1/f1) into `status` through allowed steps.
@@ -114,7 +117,11 @@ fn every_client_transition_is_allowed_or_refused_as_the_table_says() {
                 assert_eq!(j.status, to);
             } else {
                 assert!(r.is_err(), "{from} -> {to} should be refused");
-                assert_eq!(serde_json::to_string(&s).unwrap(), before, "refusal changed state");
+                assert_eq!(
+                    serde_json::to_string(&s).unwrap(),
+                    before,
+                    "refusal changed state"
+                );
                 let code = r.unwrap_err().code();
                 if to == Failed {
                     assert_eq!(code, "failed_reserved_for_agent");
@@ -163,7 +170,10 @@ fn reservation_rule_holds_at_its_exact_boundary() {
     else {
         panic!("wrong error {err:?}")
     };
-    assert_eq!((available.milligrams(), requested.milligrams()), (40_000, 40_001));
+    assert_eq!(
+        (available.milligrams(), requested.milligrams()),
+        (40_000, 40_001)
+    );
     propose(&mut s, 12, job("j2", "p2", "f1", 40.0)).unwrap();
     assert_eq!(
         propose(&mut s, 13, job("j3", "p2", "f1", 0.001))
@@ -200,7 +210,10 @@ fn a_job_needs_an_existing_printer_and_filament() {
 fn duplicate_ids_are_conflicts_not_overwrites() {
     let mut s = farm();
     let before = s.printer("p1").unwrap().clone();
-    assert_eq!(propose(&mut s, 10, printer("p1")).unwrap_err().code(), "duplicate_id");
+    assert_eq!(
+        propose(&mut s, 10, printer("p1")).unwrap_err().code(),
+        "duplicate_id"
+    );
     assert_eq!(s.printer("p1").unwrap(), &before);
     assert_eq!(
         propose(&mut s, 11, filament("f1", 5.0)).unwrap_err().code(),

@@ -13,8 +13,7 @@ pub use command::{Applied, ApplyResult, Command, Origin, Proposal};
 pub use error::DomainError;
 pub use farm::FarmState;
 pub use model::{
-    Connection, Filament, FilamentType, JobStatus, NewFilament, NewJob, NewPrinter, PrintJob, Printer,
-    RawId,
-    parse_id,
+    parse_id, Connection, Filament, FilamentType, JobStatus, NewFilament, NewJob, NewPrinter,
+    PrintJob, Printer, RawId,
 };
 pub use weight::Grams;

@@ -45,7 +45,9 @@ pub fn parse_id(field: &str, raw: &str) -> Result<String, DomainError> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
     {
-        return Err(bad("may only contain letters, digits, '-', '_', '.' and ':'"));
+        return Err(bad(
+            "may only contain letters, digits, '-', '_', '.' and ':'",
+        ));
     }
     Ok(id.to_string())
 }
@@ -138,7 +140,10 @@ impl Connection {
         match self {
             Connection::Serial { port, baud } => {
                 if port.trim().is_empty() {
-                    return Err(bad("port", "must name a serial device, e.g. /dev/serial/by-id/..."));
+                    return Err(bad(
+                        "port",
+                        "must name a serial device, e.g. /dev/serial/by-id/...",
+                    ));
                 }
                 if *baud == 0 {
                     return Err(bad("baud", "must be a positive baud rate, e.g. 115200"));
@@ -152,7 +157,9 @@ impl Connection {
                     return Err(bad("serial", "must be the printer's serial number"));
                 }
             }
-            Connection::Moonraker { broker, instance, .. } => {
+            Connection::Moonraker {
+                broker, instance, ..
+            } => {
                 if !broker.contains(':') {
                     return Err(bad("broker", "must be host:port"));
                 }
@@ -216,8 +223,9 @@ impl NewPrinter {
         if self.connection.is_some() && node_id.is_none() {
             return Err(DomainError::InvalidField {
                 field: "node_id".into(),
-                message: "a printer with a connection needs the node_id of the agent that drives it"
-                    .into(),
+                message:
+                    "a printer with a connection needs the node_id of the agent that drives it"
+                        .into(),
             });
         }
         Ok(Printer {

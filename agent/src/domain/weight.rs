@@ -49,7 +49,7 @@ impl Grams {
 
 impl std::fmt::Display for Grams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{} g", self.0 / 1000)
         } else {
             write!(f, "{} g", self.as_f64())
@@ -59,7 +59,7 @@ impl std::fmt::Display for Grams {
 
 impl Serialize for Grams {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             s.serialize_u64(self.0 / 1000)
         } else {
             s.serialize_f64(self.as_f64())
@@ -85,8 +85,14 @@ mod tests {
 
     #[test]
     fn whole_grams_serialize_as_integers_and_fractions_keep_their_digits() {
-        assert_eq!(serde_json::to_string(&Grams::from_grams_f64(1000.0).unwrap()).unwrap(), "1000");
-        assert_eq!(serde_json::to_string(&Grams::from_grams_f64(5.02).unwrap()).unwrap(), "5.02");
+        assert_eq!(
+            serde_json::to_string(&Grams::from_grams_f64(1000.0).unwrap()).unwrap(),
+            "1000"
+        );
+        assert_eq!(
+            serde_json::to_string(&Grams::from_grams_f64(5.02).unwrap()).unwrap(),
+            "5.02"
+        );
         let sum = Grams::from_grams_f64(1000.0)
             .unwrap()
             .saturating_sub(Grams::from_grams_f64(5.02).unwrap());

@@ -163,10 +163,7 @@ impl LogStore {
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         // A poisoned lock means a writer panicked mid-update; the process aborts on panic
         // (release profile), so recovering the guard only matters in tests.
-        self.shared
-            .memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn send(&self, op: WriteOp) -> io::Result<()> {
@@ -204,7 +201,8 @@ fn writer_loop(
                 for op in &batch {
                     if let WriteOp::Append { ids, .. } = op {
                         for id in ids {
-                            if mem.pending.get(&id.index()).map(|e| e.log_id()) == Some(id.clone()) {
+                            if mem.pending.get(&id.index()).map(|e| e.log_id()) == Some(id.clone())
+                            {
                                 mem.pending.remove(&id.index());
                             }
                         }
@@ -215,7 +213,10 @@ fn writer_loop(
             tracing::error!(error = %e, "raft log write failed; this node will stop");
         }
         for op in batch {
-            let r = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
+            let r = result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| io::Error::new(e.kind(), e.to_string()));
             match op {
                 WriteOp::Append { callback, .. } => callback.io_completed(r),
                 WriteOp::Meta { done, .. } => {
@@ -235,9 +236,15 @@ fn write_batch(db: &Database, batch: &[WriteOp], stats: &WriteStats) -> io::Resu
     let mut txn = db.begin_write().map_err(other)?;
     // A batch of nothing but committed-index updates need not be fsynced: the committed
     // index is a hint for faster replay and is rebuilt by Raft if lost.
-    let durable = batch
-        .iter()
-        .any(|op| !matches!(op, WriteOp::Meta { key: KEY_COMMITTED, .. }));
+    let durable = batch.iter().any(|op| {
+        !matches!(
+            op,
+            WriteOp::Meta {
+                key: KEY_COMMITTED,
+                ..
+            }
+        )
+    });
     txn.set_durability(if durable {
         Durability::Immediate
     } else {
@@ -268,7 +275,8 @@ fn write_batch(db: &Database, batch: &[WriteOp], stats: &WriteStats) -> io::Resu
                 WriteOp::Purge { upto, value, .. } => {
                     // Marker and deletion commit together: no crash window leaves a hole.
                     meta.insert(KEY_PURGED, value.as_slice()).map_err(other)?;
-                    log.retain_in(..=upto.index(), |_, _| false).map_err(other)?;
+                    log.retain_in(..=upto.index(), |_, _| false)
+                        .map_err(other)?;
                 }
             }
         }
@@ -379,7 +387,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -427,7 +439,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut mem = self.memory();
             mem.pending.retain(|k, _| *k > log_id.index());
             mem.last_purged = Some(log_id.clone());
-            if mem.last_log_id.as_ref().map(|l| l.index() < log_id.index()).unwrap_or(true) {
+            if mem
+                .last_log_id
+                .as_ref()
+                .map(|l| l.index() < log_id.index())
+                .unwrap_or(true)
+            {
                 mem.last_log_id = Some(log_id.clone());
             }
         }

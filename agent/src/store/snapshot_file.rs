@@ -82,13 +82,15 @@ pub fn encode(meta: &SnapshotMeta, farm: &FarmState) -> io::Result<Vec<u8>> {
 
 /// Verifies and parses a snapshot; the farm's derived indexes are rebuilt.
 pub fn decode(bytes: &[u8]) -> Result<(SnapshotMeta, FarmState), SnapshotError> {
-    let rest = bytes.strip_prefix(MAGIC).ok_or(SnapshotError::NotASnapshot)?;
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or(SnapshotError::NotASnapshot)?;
     let nl = rest
         .iter()
         .position(|b| *b == b'\n')
         .ok_or_else(|| SnapshotError::BadHeader("no end of header line".into()))?;
-    let header: Header = serde_json::from_slice(&rest[..nl])
-        .map_err(|e| SnapshotError::BadHeader(e.to_string()))?;
+    let header: Header =
+        serde_json::from_slice(&rest[..nl]).map_err(|e| SnapshotError::BadHeader(e.to_string()))?;
     if header.format_version != SNAPSHOT_FORMAT_VERSION {
         return Err(SnapshotError::Version(header.format_version));
     }

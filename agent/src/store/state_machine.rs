@@ -70,7 +70,9 @@ impl StateMachine {
                     };
                     break;
                 }
-                Err(e) => tracing::warn!(snapshot = %path.display(), error = %e, "skipping damaged snapshot"),
+                Err(e) => {
+                    tracing::warn!(snapshot = %path.display(), error = %e, "skipping damaged snapshot")
+                }
             }
         }
         let (applied_tx, _) = tokio::sync::watch::channel(0);
@@ -150,8 +152,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (meta, bytes) = self.encode_current()?;
         let len = bytes.len() as u64;
         let bytes = self.store_snapshot(&meta, bytes).await?;
-        self.shared.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
-        self.shared.stats.last_snapshot_bytes.store(len, Ordering::Relaxed);
+        self.shared
+            .stats
+            .snapshots_built
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .last_snapshot_bytes
+            .store(len, Ordering::Relaxed);
         tracing::info!(index = ?meta.last_log_id.as_ref().map(|l| l.index()), bytes = len, "built snapshot");
         Ok(Snapshot {
             meta,

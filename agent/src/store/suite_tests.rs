@@ -12,9 +12,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::read(openraft::errors::ErrorSource::from_error(&e)))?;
-        let log = LogStore::open(dir.path()).map_err(|e| StorageError::read(openraft::errors::ErrorSource::from_error(&e)))?;
-        let sm = StateMachine::open(dir.path().to_path_buf(), 3).map_err(|e| StorageError::read(openraft::errors::ErrorSource::from_error(&e)))?;
+        let dir = tempfile::tempdir()
+            .map_err(|e| StorageError::read(openraft::errors::ErrorSource::from_error(&e)))?;
+        let log = LogStore::open(dir.path())
+            .map_err(|e| StorageError::read(openraft::errors::ErrorSource::from_error(&e)))?;
+        let sm = StateMachine::open(dir.path().to_path_buf(), 3)
+            .map_err(|e| StorageError::read(openraft::errors::ErrorSource::from_error(&e)))?;
         Ok((dir, log, sm))
     }
 }

@@ -76,7 +76,9 @@ impl NodeProc {
             .open(&self.log)
             .expect("log file");
         let child = Command::new(binary())
-            .args(["-id", &self.id, "-http", &self.http, "-raft", &self.raft, "-data"])
+            .args([
+                "-id", &self.id, "-http", &self.http, "-raft", &self.raft, "-data",
+            ])
             .arg(&self.data)
             .args(args)
             .args(&self.extra)
@@ -99,7 +101,9 @@ impl NodeProc {
     pub fn terminate(&mut self) -> Duration {
         let started = Instant::now();
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(15);
             while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -223,7 +227,10 @@ fn client() -> reqwest::blocking::Client {
 fn parse(resp: reqwest::blocking::Response) -> reqwest::Result<(u16, Value)> {
     let code = resp.status().as_u16();
     let text = resp.text()?;
-    Ok((code, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    Ok((
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
 }
 
 pub fn get(url: &str) -> reqwest::Result<(u16, Value)> {
@@ -234,7 +241,10 @@ pub fn post(url: &str, body: &Value) -> reqwest::Result<(u16, Value)> {
     parse(client().post(url).json(body).send()?)
 }
 
-pub fn post_raw(url: &str, body: impl Into<reqwest::blocking::Body>) -> reqwest::Result<(u16, Value)> {
+pub fn post_raw(
+    url: &str,
+    body: impl Into<reqwest::blocking::Body>,
+) -> reqwest::Result<(u16, Value)> {
     parse(
         client()
             .post(url)
