@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::cluster::health::HealthConfig;
 use crate::domain::{parse_id, Connection};
 
 /// Long options that may also be written with one dash (`-id node1`), as the original tool did.
@@ -21,6 +22,7 @@ const SINGLE_DASH_LONG: &[&str] = &[
     "clean",
     "log-level",
     "log-json",
+    "from",
 ];
 
 #[derive(Debug, Parser)]
@@ -45,6 +47,14 @@ pub enum Sub {
     CheckConfig {
         /// The TOML file to check.
         file: PathBuf,
+    },
+    /// Seed a new single-node cluster from a backup (GET /cluster/snapshot); others then join.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        node: RunArgs,
     },
 }
 
@@ -176,6 +186,8 @@ pub struct FileConfig {
     #[serde(default, rename = "raft_tuning")]
     pub tuning: RaftTuning,
     #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
     pub printers: Vec<PrinterDecl>,
 }
 
@@ -196,6 +208,7 @@ pub struct Settings {
     pub log_level: String,
     pub log_json: bool,
     pub tuning: RaftTuning,
+    pub health: HealthConfig,
     pub printers: Vec<PrinterDecl>,
 }
 
@@ -329,6 +342,16 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
     if t.request_timeout_ms < 100 {
         problems.push("raft_tuning.request_timeout_ms: must be at least 100".into());
     }
+    let h = &file.health;
+    if h.check_interval_ms < 100 {
+        problems.push("health.check_interval_ms: must be at least 100".into());
+    }
+    if h.contact_timeout_ms <= t.heartbeat_ms {
+        problems.push("health.contact_timeout_ms: must exceed raft_tuning.heartbeat_ms".into());
+    }
+    if h.failure_threshold == 0 {
+        problems.push("health.failure_threshold: must be at least 1".into());
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (i, p) in file.printers.iter().enumerate() {
         if let Err(e) = parse_id(&format!("printers[{i}].id"), &p.id) {
@@ -372,6 +395,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         log_level,
         log_json: args.log_json || file.log_json,
         tuning: file.tuning.clone(),
+        health: file.health.clone(),
         printers: file.printers.clone(),
     })
 }

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Sub::CheckConfig { file }) => check_config(&file),
+        Some(Sub::Restore { from, node }) => restore(&from, &node),
         None => run_node(&cli.run),
     }
 }
@@ -43,6 +44,54 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 eprintln!("{p}");
             }
             eprintln!("{}: {} problem(s)", file.display(), problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn restore(from: &std::path::Path, args: &config::RunArgs) -> ExitCode {
+    let settings = match config::settings(args) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("  {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let bytes = match std::fs::read(from) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("raft3d restore: cannot read {}: {e}", from.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let member = raft3d::cluster::types::Member {
+        raft_addr: settings.raft.clone(),
+        http_addr: settings.http_advertise.clone(),
+    };
+    let id = raft3d::cluster::types::NodeId(settings.id.clone());
+    match raft3d::store::restore_backup(&settings.node_dir(), &bytes, &id, member) {
+        Ok(r) => {
+            println!(
+                "restored {} printers, {} filaments, {} jobs (log index {}) into {}",
+                r.printers,
+                r.filaments,
+                r.jobs,
+                r.index,
+                settings.node_dir().display()
+            );
+            println!(
+                "start it (no -bootstrap needed): raft3d -id {} -http {} -raft {} -data {}",
+                settings.id,
+                settings.http_bind,
+                settings.raft,
+                settings.data.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("raft3d restore: {e}");
             ExitCode::FAILURE
         }
     }

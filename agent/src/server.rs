@@ -10,7 +10,9 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::health::Health;
 use crate::cluster::network::{Network, PeerClient};
+use crate::cluster::node::Counters;
 use crate::cluster::types::{Member, NodeId, Raft};
 use crate::cluster::{ClusterError, JoinRequest, Node};
 use crate::config::Settings;
@@ -39,6 +41,7 @@ pub fn init_logging(level: &str, json: bool) {
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -131,6 +134,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
         log_stats,
         peers,
         request_timeout: Duration::from_millis(s.tuning.request_timeout_ms),
+        health: Arc::new(Health::new(s.health.clone())),
+        counters: Counters::default(),
     });
 
     let secret: Option<Arc<str>> = s.cluster_secret.as_deref().map(Arc::from);
@@ -174,12 +179,19 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
         }
     }
     if !s.join.is_empty() {
-        tokio::spawn(join_cluster(node.clone(), s.join.clone(), shutdown.clone()));
+        let fresh = !initialized;
+        tokio::spawn(join_cluster(
+            node.clone(),
+            s.join.clone(),
+            fresh,
+            shutdown.clone(),
+        ));
     }
+    tokio::spawn(crate::cluster::health::run(node.clone(), shutdown.clone()));
     if !s.printers.is_empty() {
         tokio::spawn(register_printers(node.clone(), s.clone(), shutdown.clone()));
     }
-    let fatal = tokio::spawn(watch_raft(raft.clone(), shutdown.clone()));
+    let fatal = tokio::spawn(watch_raft(node.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;
     tracing::info!(
@@ -209,9 +221,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
 }
 
 /// Logs leader changes; on a fatal raft error (e.g. storage failure) stops the node.
-async fn watch_raft(raft: Raft, shutdown: CancellationToken) -> Option<String> {
-    let mut rx = raft.metrics();
+async fn watch_raft(node: Arc<Node>, shutdown: CancellationToken) -> Option<String> {
+    use std::sync::atomic::Ordering;
+    let mut rx = node.raft.metrics();
     let mut leader: Option<NodeId> = None;
+    let mut leaderless_since = Some(std::time::Instant::now());
     loop {
         let (now_leader, term, stopped) = {
             let m = rx.borrow_watched();
@@ -241,6 +255,16 @@ async fn watch_raft(raft: Raft, shutdown: CancellationToken) -> Option<String> {
                 show(&now_leader),
                 term
             );
+            node.counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+            match (&now_leader, leaderless_since) {
+                (Some(_), Some(since)) => {
+                    let ms = since.elapsed().as_millis() as u64;
+                    node.counters.leaderless_ms.fetch_add(ms, Ordering::Relaxed);
+                    leaderless_since = None;
+                }
+                (None, None) => leaderless_since = Some(std::time::Instant::now()),
+                _ => {}
+            }
             leader = now_leader;
         }
         tokio::select! {
@@ -251,11 +275,17 @@ async fn watch_raft(raft: Raft, shutdown: CancellationToken) -> Option<String> {
 }
 
 /// Asks a member of an existing cluster to add this node, retrying until it answers.
-async fn join_cluster(node: Arc<Node>, targets: Vec<String>, shutdown: CancellationToken) {
+async fn join_cluster(
+    node: Arc<Node>,
+    targets: Vec<String>,
+    fresh: bool,
+    shutdown: CancellationToken,
+) {
     let req = JoinRequest {
         node_id: node.id.0.clone(),
         addr: node.me.raft_addr.clone(),
         http_addr: Some(node.me.http_addr.clone()),
+        fresh: Some(fresh),
     };
     let mut delay = Duration::from_millis(200);
     loop {

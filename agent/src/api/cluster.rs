@@ -21,6 +21,11 @@ pub struct MemberView {
     pub role: &'static str,
     pub raft_addr: String,
     pub http_addr: String,
+    /// Leader only: consecutive failed health checks and time since last contact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_checks: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_contact_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -42,6 +47,9 @@ pub struct StatusView {
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_log_index: u64,
+    /// SHA-256 of the farm state at `state_hash_index`; equal on nodes with the same state.
+    pub state_hash: String,
+    pub state_hash_index: u64,
     pub members: Vec<MemberView>,
 }
 
@@ -49,6 +57,7 @@ pub fn status_view(node: &Node) -> StatusView {
     let m = node.metrics();
     let membership = m.membership_config.membership();
     let voters: std::collections::BTreeSet<_> = membership.voter_ids().collect();
+    let health = node.health.snapshot();
     let members = membership
         .nodes()
         .map(|(id, n)| MemberView {
@@ -60,8 +69,11 @@ pub fn status_view(node: &Node) -> StatusView {
             },
             raft_addr: n.raft_addr.clone(),
             http_addr: n.http_addr.clone(),
+            failed_checks: health.get(id).map(|h| h.failed_checks),
+            last_contact_ms: health.get(id).and_then(|h| h.last_contact_ms),
         })
         .collect();
+    let (state_hash_index, state_hash) = node.sm.state_hash().unwrap_or_default();
     let leader = m.current_leader.as_ref().map(|l| {
         let n = membership.get_node(l).cloned().unwrap_or_default();
         LeaderView {
@@ -81,6 +93,8 @@ pub fn status_view(node: &Node) -> StatusView {
         commit_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
         applied_index: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
         last_log_index: m.last_log_index.unwrap_or(0),
+        state_hash,
+        state_hash_index,
         members,
     }
 }
@@ -155,5 +169,73 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_js
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"ready": false, "reason": r})),
         ),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TransferQuery {
+    to: Option<String>,
+}
+
+/// `POST /cluster/transfer-leader[?to=node2]`: hand leadership over for maintenance.
+pub async fn transfer_leader(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<TransferQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let to = super::input::query(q)?.to;
+    let leader = node.transfer_leader(to).await?;
+    Ok(Json(serde_json::json!({"leader": leader})))
+}
+
+/// `GET /cluster/snapshot`: a consistent backup of the farm in the snapshot file format.
+pub async fn backup(State(node): State<Arc<Node>>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    node.linearize().await?;
+    let (meta, bytes) = node
+        .sm
+        .encode_current()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
+    let index = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
+    let disposition = format!("attachment; filename=\"raft3d-backup-{index}.snap\"");
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `POST /cluster/snapshot`: build a snapshot on this node now.
+pub async fn snapshot_now(
+    State(node): State<Arc<Node>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use openraft::type_config::async_runtime::WatchReceiver;
+    let m = node.metrics();
+    let want = m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+    node.raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::from(crate::cluster::ClusterError::Unavailable(e.to_string())))?;
+    let deadline = std::time::Instant::now() + node.request_timeout * 4;
+    let mut rx = node.raft.metrics();
+    loop {
+        let got = rx.borrow_watched().snapshot.as_ref().map(|l| l.index());
+        if got.is_some_and(|g| g >= want) {
+            return Ok(Json(serde_json::json!({"snapshot_index": got})));
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Err(crate::cluster::ClusterError::Unavailable(
+                "snapshot did not finish in time".into(),
+            )
+            .into());
+        }
+        let _ = tokio::time::timeout(deadline - now, rx.changed()).await;
     }
 }

@@ -12,7 +12,7 @@ mod printers;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
@@ -64,9 +64,12 @@ async fn method_not_allowed() -> ApiError {
 }
 
 pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
+    let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
+    let scrape = http_metrics.clone();
     let membership = Router::new()
         .route("/join", post(cluster::join))
         .route("/cluster/servers", axum::routing::delete(cluster::remove))
+        .route("/cluster/transfer-leader", post(cluster::transfer_leader))
         .layer(middleware::from_fn_with_state(secret, require_secret));
     Router::new()
         .route(
@@ -85,9 +88,32 @@ pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
         .route("/cluster/status", get(cluster::status))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
+        .route(
+            "/cluster/snapshot",
+            get(cluster::backup).post(cluster::snapshot_now),
+        )
+        .route(
+            "/metrics",
+            get(move |State(node): State<Arc<Node>>| {
+                let scrape = scrape.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        crate::metrics::render(&node, &scrape),
+                    )
+                }
+            }),
+        )
         .merge(membership)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            http_metrics,
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(input::MAX_BODY_BYTES))
         .with_state(node)
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::health::{has_live_quorum, live_members, Health};
 use super::network::{PeerClient, PeerError};
 use super::types::{Member, NodeId, Raft, RaftMetrics};
 use crate::domain::{ApplyResult, Command, Proposal};
@@ -63,6 +65,9 @@ pub struct JoinRequest {
     pub addr: String,
     #[serde(default)]
     pub http_addr: Option<String>,
+    /// `false` when the joining node already holds cluster state. Absent (older tools): fresh.
+    #[serde(default)]
+    pub fresh: Option<bool>,
 }
 
 enum Route {
@@ -79,6 +84,16 @@ pub struct Node {
     pub peers: PeerClient,
     /// How long a request may wait for a leader before it is answered 503.
     pub request_timeout: Duration,
+    pub health: Arc<Health>,
+    pub counters: Counters,
+}
+
+/// Cluster events counted for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub leader_changes: AtomicU64,
+    /// Total milliseconds this node spent without a known leader.
+    pub leaderless_ms: AtomicU64,
 }
 
 /// RFC 3339 time for stamping proposals (never read inside apply).
@@ -261,13 +276,36 @@ impl Node {
         };
         let m = self.metrics();
         let membership = m.membership_config.membership();
-        if membership.voter_ids().any(|v| v == id) {
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) {
             if membership.get_node(&id) == Some(&member) {
                 return Ok(());
             }
             return Err(ClusterError::Refused(format!(
                 "node {id} is already a voter with a different address; remove it first \
                  (DELETE /cluster/servers?id={id})"
+            )));
+        }
+        if self.sm.read().farm.is_removed_node(&id.0) {
+            if req.fresh == Some(false) {
+                return Err(ClusterError::Refused(format!(
+                    "node {id} was removed from this cluster and still holds its old data; \
+                     start it with -clean (or wipe its data directory) before it joins again"
+                )));
+            }
+            self.propose_here(Proposal {
+                at: now_rfc3339(),
+                command: Command::ClearNodeRemoved(id.0.clone()),
+            })
+            .await?
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        }
+        let live = live_members(self);
+        if !has_live_quorum(&voters, &live) {
+            return Err(ClusterError::Refused(format!(
+                "the cluster has no live quorum ({} of {} voters reachable); bring voters back before adding {id}",
+                voters.iter().filter(|v| live.contains(*v)).count(),
+                voters.len()
             )));
         }
         tracing::info!(node = %id, addr = %member.raft_addr, "adding learner");
@@ -295,10 +333,29 @@ impl Node {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         if voters.contains(&id) {
-            if voters.len() == 1 {
+            let mut remaining = voters.clone();
+            remaining.remove(&id);
+            if remaining.is_empty() {
                 return Err(ClusterError::Refused(format!(
                     "node {id} is the only voter; removing it would leave no cluster"
                 )));
+            }
+            let live = live_members(self);
+            if !has_live_quorum(&remaining, &live) {
+                let alive = remaining.iter().filter(|v| live.contains(*v)).count();
+                return Err(ClusterError::Refused(format!(
+                    "removing {id} would leave {} voters of which only {alive} are live; a quorum needs {}. \
+                     Bring the dead nodes back or remove them first",
+                    remaining.len(),
+                    remaining.len() / 2 + 1
+                )));
+            }
+            if id == self.id {
+                // The leader removes itself only after handing leadership over; the caller
+                // then retries against the new leader.
+                tracing::info!("removing the leader itself: transferring leadership first");
+                self.transfer_here(None).await?;
+                return Err(ClusterError::NotLeader);
             }
             self.raft
                 .change_membership(
@@ -320,7 +377,74 @@ impl Node {
                 "node {id} is not a member of this cluster"
             )));
         }
+        self.propose_here(Proposal {
+            at: now_rfc3339(),
+            command: Command::MarkNodeRemoved(id.0.clone()),
+        })
+        .await?
+        .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        self.health.forget(&id);
         tracing::info!(node = %id, "removed from the cluster");
         Ok(())
+    }
+
+    /// Moves leadership to `to`, or to the most up-to-date other voter, and returns the new
+    /// leader once it is known.
+    pub async fn transfer_leader(&self, to: Option<String>) -> Result<String, ClusterError> {
+        self.on_leader("/internal/transfer-leader", &to, || {
+            self.transfer_here(to.clone())
+        })
+        .await
+    }
+
+    pub async fn transfer_here(&self, to: Option<String>) -> Result<String, ClusterError> {
+        let m = self.metrics();
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let target = match to {
+            Some(t) => {
+                let t = NodeId(t);
+                if !voters.contains(&t) {
+                    return Err(ClusterError::Invalid(format!(
+                        "{t} is not a voter of this cluster"
+                    )));
+                }
+                t
+            }
+            None => {
+                let matched = m.replication.clone().unwrap_or_default();
+                voters
+                    .iter()
+                    .filter(|v| **v != self.id)
+                    .max_by_key(|v| matched.get(*v).cloned().flatten().map(|l| l.index()))
+                    .cloned()
+                    .ok_or_else(|| {
+                        ClusterError::Refused("there is no other voter to take over".into())
+                    })?
+            }
+        };
+        if target == self.id {
+            return Ok(target.0);
+        }
+        tracing::info!(to = %target, "transferring leadership");
+        self.raft
+            .trigger()
+            .transfer_leader(target.clone())
+            .await
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let deadline = Instant::now() + self.request_timeout;
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow_watched().current_leader.as_ref() == Some(&target) {
+                return Ok(target.0);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClusterError::Unavailable(format!(
+                    "{target} did not take over within {} ms",
+                    self.request_timeout.as_millis()
+                )));
+            }
+            let _ = tokio::time::timeout(deadline - now, rx.changed()).await;
+        }
     }
 }

@@ -75,6 +75,7 @@ pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
         .route("/internal/read-index", post(read_index))
         .route("/internal/join", post(join))
         .route("/internal/remove", post(remove))
+        .route("/internal/transfer-leader", post(transfer))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(middleware::from_fn_with_state(secret, require_secret))
         .with_state(node)
@@ -163,6 +164,13 @@ async fn join(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 async fn remove(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match parse::<String>(&body) {
         Ok(id) => Json(ForwardReply::from(node.remove_here(id).await)).into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn transfer(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match parse::<Option<String>>(&body) {
+        Ok(to) => Json(ForwardReply::from(node.transfer_here(to).await)).into_response(),
         Err(r) => *r,
     }
 }

@@ -28,6 +28,10 @@ pub enum Command {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// A node was removed from the cluster; its old data must not rejoin.
+    MarkNodeRemoved(String),
+    /// A node with wiped data may join again under its old id.
+    ClearNodeRemoved(String),
 }
 
 /// Who asks for a status change: a client through the API, or the agent driving the printer.
@@ -60,6 +64,8 @@ impl std::fmt::Display for Proposal {
             Command::CreateFilament(x) => write!(f, "create filament {}", x.id),
             Command::CreateJob(j) => write!(f, "create job {}", j.id),
             Command::SetJobStatus { job_id, status, .. } => write!(f, "job {job_id} -> {status}"),
+            Command::MarkNodeRemoved(id) => write!(f, "node {id} removed"),
+            Command::ClearNodeRemoved(id) => write!(f, "node {id} may rejoin"),
         }
     }
 }

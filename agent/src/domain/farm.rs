@@ -4,7 +4,7 @@
 //! Derived indexes (reservations per spool, running job per printer) are rebuilt on load and
 //! never serialized, so a snapshot cannot carry them out of step.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,9 @@ pub struct FarmState {
     printers: BTreeMap<String, Printer>,
     filaments: BTreeMap<String, Filament>,
     jobs: BTreeMap<String, PrintJob>,
+    /// Node ids removed from the cluster whose old data must not come back.
+    #[serde(default)]
+    removed_nodes: BTreeSet<String>,
     /// Sum of print weights of Queued and Running jobs, per filament id.
     #[serde(skip)]
     reserved: HashMap<String, Grams>,
@@ -86,6 +89,10 @@ impl FarmState {
         Some(f.remaining_weight_in_grams.saturating_sub(reserved))
     }
 
+    pub fn is_removed_node(&self, id: &str) -> bool {
+        self.removed_nodes.contains(id)
+    }
+
     pub fn reserved(&self, filament_id: &str) -> Grams {
         self.reserved.get(filament_id).copied().unwrap_or_default()
     }
@@ -121,6 +128,14 @@ impl FarmState {
                 origin,
                 reason,
             } => self.set_status(job_id, *status, origin, reason.as_deref(), at, log_index),
+            Command::MarkNodeRemoved(id) => {
+                self.removed_nodes.insert(id.clone());
+                Ok(Applied::Nothing)
+            }
+            Command::ClearNodeRemoved(id) => {
+                self.removed_nodes.remove(id);
+                Ok(Applied::Nothing)
+            }
         }
     }
 

@@ -156,6 +156,25 @@ impl LogStore {
         Ok(LogStore { shared })
     }
 
+    /// Prepares an empty log that starts after `purged` with `vote` (used by restore).
+    pub fn seed(dir: &Path, purged: &LogId, vote: &Vote) -> io::Result<()> {
+        let db = Database::create(dir.join("raft-log.redb")).map_err(other)?;
+        let w = db.begin_write().map_err(other)?;
+        {
+            let mut meta = w.open_table(META).map_err(other)?;
+            meta.insert(KEY_FORMAT, encode(&LOG_FORMAT_VERSION)?.as_slice())
+                .map_err(other)?;
+            meta.insert(KEY_PURGED, encode(purged)?.as_slice())
+                .map_err(other)?;
+            meta.insert(KEY_VOTE, encode(vote)?.as_slice())
+                .map_err(other)?;
+            meta.insert(KEY_COMMITTED, encode(&Some(purged))?.as_slice())
+                .map_err(other)?;
+            w.open_table(LOG).map_err(other)?;
+        }
+        w.commit().map_err(other)
+    }
+
     pub fn stats(&self) -> Arc<WriteStats> {
         self.shared.stats.clone()
     }

@@ -42,6 +42,8 @@ struct Shared {
     dir: PathBuf,
     keep: usize,
     stats: ApplyStats,
+    /// (applied index, SHA-256 of the farm) of the last hash computed.
+    hash_cache: std::sync::Mutex<Option<(u64, String)>>,
     /// Bumped after every applied batch, so waiters (dispatch, readiness) can react.
     applied_tx: tokio::sync::watch::Sender<u64>,
 }
@@ -82,6 +84,7 @@ impl StateMachine {
                 dir,
                 keep,
                 stats: ApplyStats::default(),
+                hash_cache: std::sync::Mutex::new(None),
                 applied_tx,
             }),
         })
@@ -93,6 +96,27 @@ impl StateMachine {
             .replica
             .read()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applied index and a SHA-256 of the farm state at that index: equal on every node that
+    /// has applied the same log.
+    pub fn state_hash(&self) -> io::Result<(u64, String)> {
+        let r = self.read();
+        let index = r.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        let mut cache = self
+            .shared
+            .hash_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((i, h)) = cache.as_ref() {
+            if *i == index {
+                return Ok((index, h.clone()));
+            }
+        }
+        let bytes = serde_json::to_vec(&r.farm).map_err(io::Error::other)?;
+        let hash = snapshot_file::sha256_hex(&bytes);
+        *cache = Some((index, hash.clone()));
+        Ok((index, hash))
     }
 
     pub fn stats(&self) -> &ApplyStats {

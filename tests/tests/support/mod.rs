@@ -204,6 +204,45 @@ impl Cluster {
         })
     }
 
+    /// Adds a node (not started) sharing the cluster's temp dir.
+    pub fn add_node(&mut self, id: &str) -> usize {
+        let extra = self
+            .nodes
+            .first()
+            .map(|n| n.extra.clone())
+            .unwrap_or_default();
+        self.nodes.push(NodeProc {
+            id: id.to_string(),
+            http: format!("127.0.0.1:{}", free_port()),
+            raft: format!("127.0.0.1:{}", free_port()),
+            data: self.dir.path().join("data"),
+            extra,
+            child: None,
+            log: self.dir.path().join(format!("{id}.log")),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Writes a TOML config into the cluster's temp dir and returns its path.
+    pub fn config_file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write config");
+        p.to_string_lossy().into_owned()
+    }
+
+    /// Voter ids as reported by node `i`.
+    pub fn voters(&self, i: usize) -> Option<Vec<String>> {
+        let s = self.status(i)?;
+        Some(
+            s["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["role"] == "voter")
+                .filter_map(|m| m["id"].as_str().map(String::from))
+                .collect(),
+        )
+    }
+
     pub fn node(&mut self, i: usize) -> &mut NodeProc {
         &mut self.nodes[i]
     }
