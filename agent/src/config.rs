@@ -69,6 +69,12 @@ pub struct DemoArgs {
     /// Where the nodes keep their data.
     #[arg(long, default_value = "./raft3d-demo")]
     pub data: PathBuf,
+    /// G-code files the virtual printers print (default: the repository's samples/gcode).
+    #[arg(long)]
+    pub samples: Option<PathBuf>,
+    /// Speed factor of the virtual printers (1 = real time).
+    #[arg(long, default_value_t = 20.0)]
+    pub speed: f64,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -187,6 +193,8 @@ pub struct FileConfig {
     pub tuning: RaftTuning,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Directory that relative job `filepath`s are resolved against (default: working dir).
+    pub gcode_dir: Option<PathBuf>,
     #[serde(default)]
     pub printers: Vec<PrinterDecl>,
 }
@@ -209,6 +217,7 @@ pub struct Settings {
     pub log_json: bool,
     pub tuning: RaftTuning,
     pub health: HealthConfig,
+    pub gcode_dir: PathBuf,
     pub printers: Vec<PrinterDecl>,
 }
 
@@ -396,6 +405,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         log_json: args.log_json || file.log_json,
         tuning: file.tuning.clone(),
         health: file.health.clone(),
+        gcode_dir: file.gcode_dir.clone().unwrap_or_else(|| PathBuf::from(".")),
         printers: file.printers.clone(),
     })
 }

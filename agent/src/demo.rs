@@ -45,6 +45,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut farm = Farm {
         children: Vec::new(),
     };
+    let samples = args.samples.clone().unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/gcode")
+    });
+    let samples = samples.canonicalize().unwrap_or(samples);
     let http = |i: u16| format!("127.0.0.1:{}", args.http_port + i);
     let raft = |i: u16| format!("127.0.0.1:{}", args.raft_port + i);
     std::fs::create_dir_all(&args.data)?;
@@ -59,6 +63,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         } else {
             cmd.args(["-join", &http(0)]);
         }
+        // Each node drives one virtual printer that prints real G-code from the samples.
+        let config = args.data.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "gcode_dir = {:?}\n\n[[printers]]\nid = \"virtual-{}\"\ncompany = \"Raft3D\"\nmodel = \"Virtual MK\"\nconnection = {{ kind = \"virtual\", speed = {} }}\n",
+                samples.display().to_string(),
+                i + 1,
+                args.speed
+            ),
+        )?;
+        cmd.arg("--config").arg(&config);
         let log = std::fs::File::create(args.data.join(format!("{name}.log")))?;
         cmd.stderr(log);
         farm.children.push((name, cmd.spawn()?));
@@ -84,12 +100,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let h = http(1);
     println!("\nTry (any node answers; writes to followers are forwarded):");
     println!("  curl -s http://{h}/cluster/status");
-    println!("  curl -s -XPOST http://{h}/api/v1/printers -d '{{\"id\":\"p1\",\"company\":\"Prusa\",\"model\":\"MK4\"}}'");
     println!("  curl -s -XPOST http://{h}/api/v1/filaments -d '{{\"id\":\"f1\",\"type\":\"PLA\",\"color\":\"red\",\"total_weight_in_grams\":1000}}'");
-    println!("  curl -s -XPOST http://{h}/api/v1/print_jobs -d '{{\"id\":\"j1\",\"printer_id\":\"p1\",\"filament_id\":\"f1\",\"filepath\":\"cube.gcode\",\"print_weight_in_grams\":5.02}}'");
+    println!("  curl -s -XPOST http://{h}/api/v1/print_jobs -d '{{\"id\":\"j1\",\"printer_id\":\"virtual-2\",\"filament_id\":\"f1\",\"filepath\":\"cube.gcode\",\"print_weight_in_grams\":5.02}}'");
     println!("  curl -s -XPOST 'http://{h}/api/v1/print_jobs/j1/status?status=running'");
-    println!("  curl -s -XPOST 'http://{h}/api/v1/print_jobs/j1/status?status=done'");
-    println!("  curl -s http://{}/api/v1/filaments/f1", http(2));
+    println!("  curl -s http://{h}/api/v1/printers/virtual-2/status      # progress; Done is proposed by the printer's agent");
+    println!("  curl -s http://{}/api/v1/filaments/f1                      # 994.98 g left once the job is Done", http(2));
+    println!(
+        "\nEach node drives a virtual printer (virtual-1..3) printing files from {}.",
+        samples.display()
+    );
     println!("\nKill a node (kill -9 <pid>) and the others keep serving. Ctrl-C stops the farm.");
 
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -136,6 +136,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
         request_timeout: Duration::from_millis(s.tuning.request_timeout_ms),
         health: Arc::new(Health::new(s.health.clone())),
         counters: Counters::default(),
+        dispatch: std::sync::OnceLock::new(),
     });
 
     let secret: Option<Arc<str>> = s.cluster_secret.as_deref().map(Arc::from);
@@ -188,6 +189,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
         ));
     }
     tokio::spawn(crate::cluster::health::run(node.clone(), shutdown.clone()));
+    let dispatcher = crate::dispatch::start(node.clone(), s.gcode_dir.clone(), shutdown.clone());
+    let _ = node.dispatch.set(dispatcher);
     if !s.printers.is_empty() {
         tokio::spawn(register_printers(node.clone(), s.clone(), shutdown.clone()));
     }

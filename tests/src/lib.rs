@@ -1,1 +1,4 @@
-//! Process-level tests live in `tests/tests/`; this crate has no code of its own.
+//! Process-level test support for Raft3D: a harness that runs real `raft3d` processes, used by
+//! the tests in `tests/` and by the `loadgen` benchmark binary.
+
+pub mod support;

@@ -2,7 +2,7 @@
 //! write, a new leader takes over, the old one catches up, restarts keep state, a node far
 //! behind catches up from a snapshot, and SIGTERM stops a node promptly.
 
-mod support;
+use raft3d_tests::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Operating a farm's cluster against real processes: failure detection, safe membership
 //! changes, leader transfer, backup and restore, node recovery, metrics and readiness.
 
-mod support;
+use raft3d_tests::support;
 
 use std::time::Duration;
 

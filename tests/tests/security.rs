@@ -1,7 +1,7 @@
 //! The cluster secret: with one configured, peer and membership requests without it get 401
 //! and are logged; nodes that share it form a cluster; without one the node warns loudly.
 
-mod support;
+use raft3d_tests::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The product brief's scenario end to end against three real `raft3d` processes: any node
 //! answers, writes to followers are forwarded, rules hold, and every node sees the result.
 
-mod support;
+use raft3d_tests::support;
 
 use serde_json::json;
 use support::{get, post, post_raw, Cluster};

@@ -101,3 +101,81 @@ pub async fn set_status(
         ))),
     }
 }
+
+/// `POST /api/v1/print_jobs/{id}/pause` and `/resume` (extension): stop and restart the feed
+/// of a running job on the agent that drives its printer.
+pub async fn pause(state: State<Arc<Node>>, id: Path<String>) -> Result<Json<PrintJob>, ApiError> {
+    feed(state, id, true).await
+}
+
+pub async fn resume(state: State<Arc<Node>>, id: Path<String>) -> Result<Json<PrintJob>, ApiError> {
+    feed(state, id, false).await
+}
+
+async fn feed(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    pause: bool,
+) -> Result<Json<PrintJob>, ApiError> {
+    use crate::cluster::node::{ForwardReply, PrinterHome};
+    use crate::cluster::ClusterError;
+    node.linearize().await?;
+    let job = node
+        .sm
+        .read()
+        .farm
+        .job(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("print job", &id))?;
+    if job.status != JobStatus::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_running",
+            format!(
+                "job '{id}' is {}; only a Running job can be paused or resumed",
+                job.status
+            ),
+        ));
+    }
+    let refused = |e: String| ApiError::new(StatusCode::CONFLICT, "printer_refused", e);
+    match node.printer_home(&job.printer_id) {
+        Some(PrinterHome::Here) => {
+            let d = node.dispatch.get().ok_or_else(|| {
+                ApiError::from(ClusterError::Unavailable(
+                    "printer dispatch is not running yet".into(),
+                ))
+            })?;
+            d.control(&job.printer_id, pause)
+                .await
+                .map_err(|e| refused(e.to_string()))?;
+        }
+        Some(PrinterHome::Member(owner, member)) => {
+            let reply: ForwardReply<()> = node
+                .peers
+                .call(
+                    &member.raft_addr,
+                    "/internal/printer-control",
+                    &(job.printer_id.clone(), pause),
+                    node.request_timeout,
+                )
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "agent_unreachable",
+                        format!("the agent {owner} did not answer: {e}"),
+                    )
+                })?;
+            if let ForwardReply::Err(e) = reply {
+                return Err(e.into());
+            }
+        }
+        _ => {
+            return Err(refused(format!(
+                "printer '{}' has no agent driving it",
+                job.printer_id
+            )))
+        }
+    }
+    Ok(Json(job))
+}

@@ -77,6 +77,7 @@ pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
             post(printers::create).get(printers::list),
         )
         .route("/api/v1/printers/{id}", get(printers::get))
+        .route("/api/v1/printers/{id}/status", get(printers::status))
         .route(
             "/api/v1/filaments",
             post(filaments::create).get(filaments::list),
@@ -85,6 +86,8 @@ pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
         .route("/api/v1/print_jobs", post(jobs::create).get(jobs::list))
         .route("/api/v1/print_jobs/{id}", get(jobs::get))
         .route("/api/v1/print_jobs/{id}/status", post(jobs::set_status))
+        .route("/api/v1/print_jobs/{id}/pause", post(jobs::pause))
+        .route("/api/v1/print_jobs/{id}/resume", post(jobs::resume))
         .route("/cluster/status", get(cluster::status))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))

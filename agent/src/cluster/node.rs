@@ -86,6 +86,8 @@ pub struct Node {
     pub request_timeout: Duration,
     pub health: Arc<Health>,
     pub counters: Counters,
+    /// The printer dispatcher, set once at start-up.
+    pub dispatch: std::sync::OnceLock<Arc<crate::dispatch::Dispatcher>>,
 }
 
 /// Cluster events counted for `/metrics`.
@@ -446,5 +448,34 @@ impl Node {
             }
             let _ = tokio::time::timeout(deadline - now, rx.changed()).await;
         }
+    }
+}
+
+/// Where a printer is driven: here, on another member, or nowhere.
+pub enum PrinterHome {
+    Here,
+    Member(NodeId, Member),
+    Unmanaged,
+}
+
+impl Node {
+    /// Finds the agent that drives `printer_id` (its `node_id`) in the local replica.
+    pub fn printer_home(&self, printer_id: &str) -> Option<PrinterHome> {
+        let owner = {
+            let r = self.sm.read();
+            r.farm.printer(printer_id)?.node_id.clone()
+        };
+        let Some(owner) = owner else {
+            return Some(PrinterHome::Unmanaged);
+        };
+        if owner == self.id.0 {
+            return Some(PrinterHome::Here);
+        }
+        let m = self.metrics();
+        let id = NodeId(owner);
+        Some(match m.membership_config.membership().get_node(&id) {
+            Some(member) => PrinterHome::Member(id, member.clone()),
+            None => PrinterHome::Unmanaged,
+        })
     }
 }

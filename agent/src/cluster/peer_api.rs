@@ -15,7 +15,7 @@ use openraft::errors::RaftError;
 use serde::de::DeserializeOwned;
 
 use super::network::SECRET_HEADER;
-use super::node::{ForwardReply, JoinRequest, Node};
+use super::node::{ClusterError, ForwardReply, JoinRequest, Node};
 use super::types::{SnapshotMeta, TypeConfig, Vote};
 use crate::domain::Proposal;
 
@@ -76,6 +76,8 @@ pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
         .route("/internal/join", post(join))
         .route("/internal/remove", post(remove))
         .route("/internal/transfer-leader", post(transfer))
+        .route("/internal/printer-status", post(printer_status))
+        .route("/internal/printer-control", post(printer_control))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(middleware::from_fn_with_state(secret, require_secret))
         .with_state(node)
@@ -173,4 +175,40 @@ async fn transfer(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         Ok(to) => Json(ForwardReply::from(node.transfer_here(to).await)).into_response(),
         Err(r) => *r,
     }
+}
+
+fn dispatcher(node: &Node) -> Result<&Arc<crate::dispatch::Dispatcher>, ClusterError> {
+    node.dispatch
+        .get()
+        .ok_or_else(|| ClusterError::Unavailable("printer dispatch is not running yet".into()))
+}
+
+async fn printer_status(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let id = match parse::<String>(&body) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let res = dispatcher(&node).and_then(|d| {
+        d.telemetry(&id)
+            .map_err(|e| ClusterError::Invalid(e.to_string()))
+            .and_then(|t| {
+                serde_json::to_value(t).map_err(|e| ClusterError::Unavailable(e.to_string()))
+            })
+    });
+    Json(ForwardReply::from(res)).into_response()
+}
+
+async fn printer_control(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let (id, pause) = match parse::<(String, bool)>(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let res = match dispatcher(&node) {
+        Ok(d) => d
+            .control(&id, pause)
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string())),
+        Err(e) => Err(e),
+    };
+    Json(ForwardReply::from(res)).into_response()
 }

@@ -2,25 +2,33 @@
 //! dir, with kill -9, SIGTERM and restart, and small blocking HTTP helpers. Every wait is
 //! bounded and fails the test with the node logs' location.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The `raft3d` binary next to this test executable (built by the same cargo invocation).
+/// The `raft3d` binary built by the same cargo invocation: next to this executable (a bin) or
+/// one level up (a test in `deps/`). `RAFT3D_BIN` overrides it.
 pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RAFT3D_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("raft3d");
-    assert!(
-        bin.exists(),
-        "{} is missing; build it first with `cargo build -p raft3d` (the README's test command does)",
-        bin.display()
-    );
-    bin
+    let candidates: Vec<PathBuf> = [exe.parent(), exe.parent().and_then(Path::parent)]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("raft3d"))
+        .collect();
+    candidates
+        .into_iter()
+        .find(|b| b.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "the raft3d binary is missing next to {}; build it first with `cargo build -p raft3d`",
+                exe.display()
+            )
+        })
 }
 
 pub fn free_port() -> u16 {
