@@ -152,9 +152,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            heartbeat_ms: 80,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             snapshot_threshold: 5000,
             snapshots_kept: 3,
             request_timeout_ms: 5000,

@@ -19,6 +19,7 @@ struct Args {
     seconds: u64,
     failover: usize,
     out: String,
+    config: Option<String>,
 }
 
 fn args() -> Args {
@@ -27,6 +28,7 @@ fn args() -> Args {
         seconds: 10,
         failover: 0,
         out: "target/loadgen-results.md".into(),
+        config: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,6 +43,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = val().parse().expect("seconds"),
             "--failover" => a.failover = val().parse().expect("repetitions"),
             "--out" => a.out = val(),
+            "--config" => a.config = Some(val()),
             other => panic!("unknown flag {other}; see the usage in the source header"),
         }
     }
@@ -147,7 +150,11 @@ async fn drive(urls: Vec<String>, clients: usize, seconds: u64, tag: &str) -> Ru
 
 fn main() {
     let a = args();
-    let c = Cluster::start(3);
+    let mut c = Cluster::new(3);
+    if let Some(cfg) = &a.config {
+        c = c.with_args(&["--config", cfg]);
+    }
+    c.boot();
     let leader = c.wait_leader(Duration::from_secs(10));
     assert_eq!(
         post(
@@ -174,18 +181,21 @@ fn main() {
         .collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut out = String::new();
-    out.push_str("| clients | writes/s | write p50 ms | write p99 ms | write max ms | reads/s | read p50 ms | read p99 ms | errors | fsyncs/write | log bytes/write |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| clients | writes/s | write p50 ms | write p99 ms | write max ms | reads/s | read p50 ms | read p99 ms | errors | fsyncs/write | log bytes/write | elections |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     println!("{}", out.trim_end());
     for &n in &a.clients {
         let leader = c.wait_leader(Duration::from_secs(10));
         let f0 = metric(&c, leader, "raft3d_log_fsyncs_total");
         let b0 = metric(&c, leader, "raft3d_log_bytes_written_total");
+        let t0 = metric(&c, leader, "raft3d_term");
         let run = rt.block_on(drive(urls.clone(), n, a.seconds, &format!("c{n}")));
         let f1 = metric(&c, leader, "raft3d_log_fsyncs_total");
         let b1 = metric(&c, leader, "raft3d_log_bytes_written_total");
+        let after = c.wait_leader(Duration::from_secs(10));
+        let t1 = metric(&c, after, "raft3d_term");
         let w = run.writes.max(1) as f64;
         let line = format!(
-            "| {n} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.3} | {:.0} |",
+            "| {n} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.3} | {:.0} | {} |",
             run.writes as f64 / run.secs,
             pct(&run.write_lat, 0.5),
             pct(&run.write_lat, 0.99),
@@ -196,6 +206,7 @@ fn main() {
             run.errors,
             (f1 - f0) / w,
             (b1 - b0) / w,
+            t1 - t0,
         );
         println!("{line}");
         out.push_str(&line);
