@@ -77,6 +77,19 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 /// A fresh pty whose slave is reachable at `link`; the returned master is the "board".
 fn plug(link: &Path) -> io::Result<SerialStream> {
     let (master, slave) = SerialStream::pair().map_err(io::Error::other)?;
+    // The master must not leak into processes spawned later (e.g. a raft3d node under test):
+    // an inherited copy would keep the pty alive after an unplug.
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor we own, setting only FD_CLOEXEC.
+        unsafe {
+            let fd = master.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
     let name = slave
         .name()
         .ok_or_else(|| io::Error::other("the pty has no slave name"))?;
