@@ -136,6 +136,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
         request_timeout: Duration::from_millis(s.tuning.request_timeout_ms),
         health: Arc::new(Health::new(s.health.clone())),
         counters: Counters::default(),
+        recovered: std::sync::atomic::AtomicBool::new(false),
         dispatch: std::sync::OnceLock::new(),
     });
 
@@ -189,6 +190,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
         ));
     }
     tokio::spawn(crate::cluster::health::run(node.clone(), shutdown.clone()));
+    tokio::spawn(mark_recovered(node.clone(), shutdown.clone()));
     let dispatcher = crate::dispatch::start(node.clone(), s.gcode_dir.clone(), shutdown.clone());
     let _ = node.dispatch.set(dispatcher);
     if !s.printers.is_empty() {
@@ -350,6 +352,27 @@ async fn register_printers(node: Arc<Node>, s: Settings, shutdown: CancellationT
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// Waits until the state machine has applied everything the cluster had committed for this
+/// node's log before the restart, then allows local (stale) reads.
+async fn mark_recovered(node: Arc<Node>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = node.raft.wait_for_recovery(Some(Duration::from_secs(5))) => {
+                match r {
+                    Ok(_) => {
+                        node.recovered.store(true, std::sync::atomic::Ordering::Release);
+                        tracing::info!(phase = "recovered", "state recovered; local reads allowed");
+                        return;
+                    }
+                    Err(openraft::metrics::WaitError::ShuttingDown) => return,
+                    Err(_) => {}
+                }
             }
         }
     }

@@ -24,9 +24,11 @@ use crate::cluster::peer_api::require_secret;
 use crate::cluster::Node;
 use crate::domain::{Applied, Command};
 
-/// Applies the consistency option of a read: a ReadIndex barrier unless `?consistency=stale`.
+/// Applies the consistency option of a read: a ReadIndex barrier unless `?consistency=stale`
+/// (and this node has recovered its pre-restart state, so a stale read never goes back in time).
 async fn read_barrier(node: &Node, opts: &input::ReadOptions) -> Result<(), ApiError> {
-    if opts.linearizable()? {
+    let recovered = node.recovered.load(std::sync::atomic::Ordering::Acquire);
+    if opts.linearizable()? || !recovered {
         node.linearize().await?;
     }
     Ok(())

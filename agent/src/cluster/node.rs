@@ -86,6 +86,9 @@ pub struct Node {
     pub request_timeout: Duration,
     pub health: Arc<Health>,
     pub counters: Counters,
+    /// Set once the state machine has recovered everything committed before a restart; until
+    /// then stale reads are served as linearizable ones.
+    pub recovered: std::sync::atomic::AtomicBool,
     /// The printer dispatcher, set once at start-up.
     pub dispatch: std::sync::OnceLock<Arc<crate::dispatch::Dispatcher>>,
 }
