@@ -251,6 +251,17 @@ impl Cluster {
         )
     }
 
+    /// Creates printer `p1` and filament `f1` (`grams` total) through node `via`.
+    pub fn seed_printer_and_spool(&self, via: usize, grams: u64) {
+        let n = &self.nodes[via];
+        let printer = serde_json::json!({"id": "p1", "company": "Prusa", "model": "MK4"});
+        let (code, v) = post(&n.url("/api/v1/printers"), &printer).expect("create printer");
+        assert_eq!(code, 201, "{v}");
+        let spool = serde_json::json!({"id": "f1", "type": "PLA", "color": "red", "total_weight_in_grams": grams});
+        let (code, v) = post(&n.url("/api/v1/filaments"), &spool).expect("create filament");
+        assert_eq!(code, 201, "{v}");
+    }
+
     pub fn node(&mut self, i: usize) -> &mut NodeProc {
         &mut self.nodes[i]
     }

@@ -10,25 +10,7 @@ use serde_json::json;
 use support::{get, post, post_raw, wait_for, Cluster};
 
 fn seed(c: &Cluster, via: usize) {
-    let n = &c.nodes[via];
-    assert_eq!(
-        post(
-            &n.url("/api/v1/printers"),
-            &json!({"id": "p1", "company": "Prusa", "model": "MK4"})
-        )
-        .unwrap()
-        .0,
-        201
-    );
-    assert_eq!(
-        post(
-            &n.url("/api/v1/filaments"),
-            &json!({"id": "f1", "type": "PLA", "color": "red", "total_weight_in_grams": 100000})
-        )
-        .unwrap()
-        .0,
-        201
-    );
+    c.seed_printer_and_spool(via, 100000);
 }
 
 fn create_job(c: &Cluster, via: usize, id: &str) -> bool {

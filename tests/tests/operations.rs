@@ -19,25 +19,8 @@ fn fast_cluster(n: usize, extra_toml: &str) -> Cluster {
 }
 
 fn seed(c: &Cluster, via: usize) {
+    c.seed_printer_and_spool(via, 1000);
     let n = &c.nodes[via];
-    assert_eq!(
-        post(
-            &n.url("/api/v1/printers"),
-            &json!({"id": "p1", "company": "Prusa", "model": "MK4"})
-        )
-        .unwrap()
-        .0,
-        201
-    );
-    assert_eq!(
-        post(
-            &n.url("/api/v1/filaments"),
-            &json!({"id": "f1", "type": "PLA", "color": "red", "total_weight_in_grams": 1000})
-        )
-        .unwrap()
-        .0,
-        201
-    );
     for i in 0..5 {
         let (code, _) = post(&n.url("/api/v1/print_jobs"), &json!({"id": format!("j{i}"), "printer_id": "p1", "filament_id": "f1", "filepath": "a.gcode", "print_weight_in_grams": 5})).unwrap();
         assert_eq!(code, 201);

@@ -70,18 +70,20 @@ fn job_status(c: &Cluster, i: usize, id: &str) -> Option<serde_json::Value> {
     (code == 200).then_some(v)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// A runtime for the fake firmware, the fake on a pty behind a by-id style link, and a farm
+/// whose node2 drives it. The runtime and temp dir must outlive the test.
+fn rig() -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    FakePrinter,
+    Cluster,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .expect("runtime")
-}
-
-#[test]
-fn a_serial_print_streams_every_line_once_and_ends_done_everywhere() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
     let link = dir.path().join("usb-Fake_Marlin-if00");
     let cfg = FakePtyConfig {
         time_scale: 200.0,
@@ -91,6 +93,12 @@ fn a_serial_print_streams_every_line_once_and_ends_done_everywhere() {
         .block_on(async { FakePrinter::start(&link, cfg) })
         .expect("fake printer");
     let c = farm(&link);
+    (rt, dir, fake, c)
+}
+
+#[test]
+fn a_serial_print_streams_every_line_once_and_ends_done_everywhere() {
+    let (_rt, _dir, fake, c) = rig();
     start_job(&c, "s1", "cube.gcode", 5.02);
     let done = wait_for("s1 Done", Duration::from_secs(120), || {
         let v = job_status(&c, 0, "s1")?;
@@ -116,17 +124,7 @@ fn a_serial_print_streams_every_line_once_and_ends_done_everywhere() {
 
 #[test]
 fn unplugging_the_printer_mid_print_fails_the_job_with_the_reason() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let link = dir.path().join("usb-Fake_Marlin-if00");
-    let cfg = FakePtyConfig {
-        time_scale: 200.0,
-        ..FakePtyConfig::default()
-    };
-    let fake = rt
-        .block_on(async { FakePrinter::start(&link, cfg) })
-        .expect("fake printer");
-    let c = farm(&link);
+    let (rt, _dir, fake, c) = rig();
     start_job(&c, "u1", "vase.gcode", 6.75);
     wait_for("printing", Duration::from_secs(30), || {
         (fake.stats().executed > 200).then_some(())
