@@ -216,7 +216,11 @@ fn a_broken_config_gets_every_problem_reported_at_once() {
     std::fs::write(&file, BROKEN).expect("write config");
     let out = check_config(&file);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "check-config must fail: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "check-config must fail: {stderr}"
+    );
     assert!(
         out.stdout.is_empty(),
         "nothing on stdout: {}",
@@ -270,12 +274,18 @@ fn a_misspelled_key_is_refused_with_its_name() {
              connection = { kind = \"bambulab\", host = \"192.168.1.50\" }\n",
             "bambulab",
         ),
-        ("cluster_secrets = \"long-enough-secret\"\n", "cluster_secrets"),
+        (
+            "cluster_secrets = \"long-enough-secret\"\n",
+            "cluster_secrets",
+        ),
     ];
     for (i, (body, key)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("case{i}.toml"));
-        std::fs::write(&file, format!("id = \"node1\"\nraft = \"192.168.1.11:7000\"\n{body}"))
-            .expect("write config");
+        std::fs::write(
+            &file,
+            format!("id = \"node1\"\nraft = \"192.168.1.11:7000\"\n{body}"),
+        )
+        .expect("write config");
         let out = check_config(&file);
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{key} should be refused");
