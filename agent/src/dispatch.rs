@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{ClusterError, Node};
 use crate::domain::{Command, Connection, DomainError, JobStatus, Origin, Printer};
 use crate::printers::{
-    spawn_driver, ConnectionSpec, DriverCommand, DriverEvent, DriverHandle, PrintRequest, Telemetry,
+    spawn_driver, ConnectionSpec, DriverCommand, DriverEvent, DriverHandle, PrintRequest, Secret,
+    Telemetry,
 };
 
 /// Why a printer request could not be served.
@@ -56,7 +57,32 @@ fn spec_of(p: &Printer) -> Option<ConnectionSpec> {
             baud: *baud,
         }),
         Connection::Virtual { speed } => Some(ConnectionSpec::Virtual { speed: *speed }),
-        Connection::Bambu { .. } | Connection::Moonraker { .. } => None,
+        Connection::Moonraker {
+            broker,
+            instance,
+            username,
+            password,
+        } => Some(ConnectionSpec::Moonraker {
+            broker: broker.clone(),
+            instance: instance.clone(),
+            username: username.clone(),
+            password: password.clone().map(Secret),
+        }),
+        Connection::Bambu {
+            host,
+            port,
+            serial,
+            access_code,
+            ca_file,
+            insecure_tls,
+        } => Some(ConnectionSpec::Bambu {
+            host: host.clone(),
+            port: *port,
+            serial: serial.clone(),
+            access_code: access_code.clone().map(Secret),
+            ca_file: ca_file.as_ref().map(PathBuf::from),
+            insecure_tls: *insecure_tls,
+        }),
     }
 }
 
@@ -65,9 +91,11 @@ impl Dispatcher {
         self.printers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn resolve(&self, filepath: &str) -> PathBuf {
+    /// Where the driver finds the job's file: network printers print a file stored on the
+    /// printer, named as the job gives it; the others read it here, relative to `gcode_dir`.
+    fn resolve(&self, spec: &ConnectionSpec, filepath: &str) -> PathBuf {
         let p = Path::new(filepath);
-        if p.is_absolute() {
+        if p.is_absolute() || spec.is_network() {
             p.to_path_buf()
         } else {
             self.gcode_dir.join(p)
@@ -169,7 +197,7 @@ impl Dispatcher {
                             DriverCommand::Start(PrintRequest {
                                 job_id: job.clone(),
                                 attempt,
-                                file: self.resolve(&j.filepath),
+                                file: self.resolve(&m.spec, &j.filepath),
                             }),
                         ));
                         m.current = Some((job, attempt));

@@ -91,6 +91,9 @@ pub enum Connection {
         access_code: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ca_file: Option<String>,
+        /// Skip TLS certificate checks (for printers whose certificate cannot be verified).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        insecure_tls: bool,
     },
     Moonraker {
         broker: String,

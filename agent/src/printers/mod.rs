@@ -11,20 +11,39 @@
 //!   tokio-serial: port life cycle and reconnects, one open port's protocol loop, the connection
 //!   handshake (pure), one streamed job.
 //! - `virtual_printer` (+ pure `virtual_model`): a simulated printer that consumes the file.
-//! - `fake_marlin` (pure) and `fake_pty`: a fake firmware and its pty runner, for tests
-//!   (feature `fake`).
+//! - `mqtt_driver`: the runtime of network printers over MQTT (rumqttc), shared by the pure
+//!   protocol engines `moonraker` (Klipper's JSON-RPC) and `bambu` (+ `bambu_report`, the merged
+//!   report state; `bambu_tls`, certificate checks); `net_job` tracks one job on a printer that
+//!   prints on its own.
+//! - `fake_marlin` (pure) and `fake_pty`: a fake firmware and its pty runner; `fake_broker`,
+//!   `fake_moonraker`, `fake_bambu` and `test_pki`: an MQTT broker, simulated network printers
+//!   and test certificates (feature `fake`).
 
+mod bambu;
+pub mod bambu_report;
+pub mod bambu_tls;
 pub mod codec;
+#[cfg(feature = "fake")]
+pub mod fake_bambu;
+#[cfg(feature = "fake")]
+pub mod fake_broker;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_marlin;
+#[cfg(feature = "fake")]
+pub mod fake_moonraker;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_pty;
 pub mod gcode_file;
+mod moonraker;
+mod mqtt_driver;
+pub mod net_job;
 pub mod progress;
 mod serial;
 mod serial_handshake;
 mod serial_job;
 mod serial_session;
+#[cfg(feature = "fake")]
+pub mod test_pki;
 mod virtual_model;
 mod virtual_printer;
 
@@ -33,7 +52,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Start printing `file`; `attempt` fences the outcome to this dispatch.
+/// Start printing `file`; `attempt` fences the outcome to this dispatch. For a network printer
+/// `file` is the job's `filepath` as given: a name on the printer (Moonraker's `gcodes` root,
+/// the Bambu printer's SD card), never resolved against the agent's `gcode_dir`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrintRequest {
     pub job_id: String,
@@ -94,6 +115,38 @@ pub struct Telemetry {
     /// Estimated from the progress rate so far (paused time excluded).
     pub time_left_s: Option<u64>,
     pub last_error: Option<String>,
+    /// Network printers: the state as the printer names it (`RUNNING`, `printing`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub printer_state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_layers: Option<u32>,
+    /// Bambu AMS trays (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ams: Vec<AmsTray>,
+}
+
+/// One filament slot of a Bambu AMS, as last reported.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct AmsTray {
+    pub unit: u32,
+    pub tray: u32,
+    pub material: Option<String>,
+    /// `RRGGBBAA` as the printer reports it.
+    pub color: Option<String>,
+    /// Filament left in percent; `None` when the printer does not know (it reports -1).
+    pub remain_percent: Option<i64>,
+}
+
+/// A password or access code: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"********\"")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -106,6 +159,33 @@ pub enum ConnectionSpec {
     Virtual {
         speed: f64,
     },
+    /// Klipper through Moonraker's MQTT API on the broker `host:port`.
+    Moonraker {
+        broker: String,
+        instance: String,
+        username: Option<String>,
+        password: Option<Secret>,
+    },
+    /// A Bambu Lab printer in LAN mode: it is the MQTT broker (TLS, user `bblp`).
+    Bambu {
+        host: String,
+        port: u16,
+        serial: String,
+        access_code: Option<Secret>,
+        ca_file: Option<PathBuf>,
+        /// Skip certificate checks (logged loudly at every connect).
+        insecure_tls: bool,
+    },
+}
+
+impl ConnectionSpec {
+    /// Network printers print files stored on the printer and keep printing on their own.
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self,
+            ConnectionSpec::Moonraker { .. } | ConnectionSpec::Bambu { .. }
+        )
+    }
 }
 
 pub struct DriverHandle {
@@ -144,6 +224,17 @@ pub struct DriverOptions {
     pub cancel_drain: Duration,
     /// A write to the port that takes longer than this means the port is gone.
     pub write_timeout: Duration,
+    /// Network printers: how long a command may wait for the printer's answer.
+    pub net_command_timeout: Duration,
+    /// Network printers: how long after a start the printer must show the print under way
+    /// (also how long a start waits for an offline printer).
+    pub net_start_timeout: Duration,
+    /// Network printers: how long a running job survives an unreachable printer (it keeps
+    /// printing on its own) before it is failed.
+    pub net_offline_grace: Duration,
+    /// Network printers: silence on the report stream before a full refresh is asked for; the
+    /// same again without a report and the connection is rebuilt.
+    pub net_report_silence: Duration,
 }
 
 impl Default for DriverOptions {
@@ -163,6 +254,10 @@ impl Default for DriverOptions {
             tick: Duration::from_millis(200),
             cancel_drain: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
+            net_command_timeout: Duration::from_secs(10),
+            net_start_timeout: Duration::from_secs(120),
+            net_offline_grace: Duration::from_secs(600),
+            net_report_silence: Duration::from_secs(60),
         }
     }
 }
@@ -240,6 +335,28 @@ pub fn spawn_driver_with(
         }
         ConnectionSpec::Virtual { speed } => {
             tokio::spawn(virtual_printer::run(ctx, speed));
+        }
+        ConnectionSpec::Moonraker {
+            broker,
+            instance,
+            username,
+            password,
+        } => {
+            let link = moonraker::link(&broker, &instance, username, password);
+            let proto = moonraker::Moonraker::new(&instance, &ctx.options);
+            tokio::spawn(mqtt_driver::run(ctx, link, proto));
+        }
+        ConnectionSpec::Bambu {
+            host,
+            port,
+            serial,
+            access_code,
+            ca_file,
+            insecure_tls,
+        } => {
+            let link = bambu::link(&host, port, &serial, access_code, ca_file, insecure_tls);
+            let proto = bambu::Bambu::new(&serial, &ctx.options);
+            tokio::spawn(mqtt_driver::run(ctx, link, proto));
         }
     }
     DriverHandle {
