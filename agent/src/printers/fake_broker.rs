@@ -40,7 +40,12 @@ struct Sub {
 struct Routes {
     subs: Mutex<Vec<Sub>>,
     next: AtomicU64,
+    /// Every message received from a client, oldest first (bounded), for tests to inspect.
+    log: Mutex<std::collections::VecDeque<(String, String)>>,
 }
+
+/// How many received messages the broker remembers.
+const LOG_LIMIT: usize = 10_000;
 
 impl Routes {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Sub>> {
@@ -48,6 +53,16 @@ impl Routes {
     }
 
     fn route(&self, p: &Publish) {
+        {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            if log.len() == LOG_LIMIT {
+                log.pop_front();
+            }
+            log.push_back((
+                p.topic.clone(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            ));
+        }
         for s in self.lock().iter().filter(|s| matches(&p.topic, &s.filter)) {
             let mut copy = Publish::from_bytes(p.topic.clone(), QoS::AtMostOnce, p.payload.clone());
             copy.retain = false;
@@ -106,17 +121,32 @@ impl FakeBroker {
         ));
     }
 
+    /// The messages clients published, as (topic, payload), oldest first.
+    pub fn published(&self) -> Vec<(String, String)> {
+        let log = self.routes.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().cloned().collect()
+    }
+
     /// Closes the listeners and every connection, like a broker that went away.
     pub fn stop(&self) {
         self.stop.cancel();
         self.routes.lock().clear();
     }
 
-    /// Listens again on the same ports.
+    /// Listens again on the same ports, once the old listeners have closed (bounded wait).
     pub async fn restart(&mut self) -> std::io::Result<()> {
         self.stop();
-        let main = listen(self.port).await?;
-        let plain = listen(self.plain_port).await?;
+        let mut tries = 0;
+        let (main, plain) = loop {
+            match (listen(self.port).await, listen(self.plain_port).await) {
+                (Ok(m), Ok(p)) => break (m, p),
+                (Err(e), _) | (_, Err(e)) if tries >= 100 => return Err(e),
+                _ => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        };
         self.serve(main, plain);
         Ok(())
     }
