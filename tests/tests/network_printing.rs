@@ -1,0 +1,210 @@
+//! A real `raft3d` cluster driving network printers over MQTT: a simulated Klipper printer
+//! behind Moonraker's MQTT API, and a simulated Bambu Lab printer behind TLS (a CA made at
+//! test time, CN = the printer's serial, login `bblp` + access code). The broker and the
+//! printers run in this test process on loopback; the agents are real processes. A print ends
+//! `Done` with one deduction on every node, a cancel from the API reaches the printer, a cancel
+//! on the printer cancels the job, and the access code never leaves the agent.
+
+use std::time::Duration;
+
+use raft3d::printers::fake_bambu::FakeBambu;
+use raft3d::printers::fake_broker::{BrokerConfig, FakeBroker};
+use raft3d::printers::fake_moonraker::FakeMoonraker;
+use raft3d::printers::test_pki::TestPki;
+use raft3d_tests::support::{get, post, post_raw, wait_for, Cluster};
+use serde_json::{json, Value};
+
+const SERIAL: &str = "01P00A391800123";
+const CODE: &str = "34971823";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Three nodes; node `driver` (0-based) drives printer `id` with `connection` (TOML inline
+/// table). Waits until the printer's state is known from another node, then adds spool f1.
+fn farm(driver: usize, id: &str, connection: &str) -> Cluster {
+    let mut c = Cluster::new(3);
+    let cfg = c.config_file(
+        "printer.toml",
+        &format!(
+            "[[printers]]\nid = \"{id}\"\ncompany = \"Farm\"\nmodel = \"Networked\"\nconnection = {connection}\n"
+        ),
+    );
+    c.nodes[driver].extra = vec!["--config".into(), cfg];
+    c.boot();
+    let other = (driver + 1) % 3;
+    wait_for(&format!("{id} connected"), Duration::from_secs(40), || {
+        let (code, t) = get(&c.nodes[other].url(&format!("/api/v1/printers/{id}/status"))).ok()?;
+        (code == 200 && t["connection"] == "connected" && !t["printer_state"].is_null())
+            .then_some(())
+    });
+    let (code, v) = post(
+        &c.nodes[0].url("/api/v1/filaments"),
+        &json!({"id": "f1", "type": "PLA", "color": "white", "total_weight_in_grams": 1000}),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{v}");
+    c
+}
+
+fn create_and_run(c: &Cluster, id: &str, printer: &str, grams: f64) {
+    let (code, v) = post(
+        &c.nodes[2].url("/api/v1/print_jobs"),
+        &json!({"id": id, "printer_id": printer, "filament_id": "f1", "filepath": "cube.gcode", "print_weight_in_grams": grams}),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = set(c, 0, id, "running");
+    assert_eq!(code, 200, "{v}");
+}
+
+fn set(c: &Cluster, via: usize, id: &str, status: &str) -> (u16, Value) {
+    post_raw(
+        &c.nodes[via].url(&format!("/api/v1/print_jobs/{id}/status?status={status}")),
+        "",
+    )
+    .unwrap()
+}
+
+fn wait_final(c: &Cluster, via: usize, id: &str) -> Value {
+    wait_for(&format!("{id} to end"), Duration::from_secs(60), || {
+        let (code, v) = get(&c.nodes[via].url(&format!("/api/v1/print_jobs/{id}"))).ok()?;
+        (code == 200 && v["status"] != "Running" && v["status"] != "Queued").then_some(v)
+    })
+}
+
+fn remaining_everywhere(c: &Cluster) -> Vec<f64> {
+    (0..3)
+        .map(|i| {
+            let (_, f) = get(&c.nodes[i].url("/api/v1/filaments/f1?consistency=stale")).unwrap();
+            f["remaining_weight_in_grams"].as_f64().unwrap_or(-1.0)
+        })
+        .collect()
+}
+
+#[test]
+fn a_moonraker_print_ends_done_once_and_cancels_reach_both_ways() {
+    let rt = runtime();
+    let (broker, fake) = rt.block_on(async {
+        let b = FakeBroker::start(BrokerConfig::default())
+            .await
+            .expect("broker");
+        let f = FakeMoonraker::start(
+            b.plain_port,
+            "voron",
+            &["cube.gcode"],
+            Duration::from_secs(2),
+        );
+        (b, f)
+    });
+    let conn = format!(
+        "{{ kind = \"moonraker\", broker = \"127.0.0.1:{}\", instance = \"voron\" }}",
+        broker.plain_port
+    );
+    let c = farm(1, "voron", &conn);
+
+    create_and_run(&c, "m1", "voron", 5.02);
+    let done = wait_final(&c, 0, "m1");
+    assert_eq!(done["status"], "Done", "{done}\n{}", c.logs());
+    wait_for(
+        "the deduction on every node",
+        Duration::from_secs(10),
+        || (remaining_everywhere(&c) == vec![994.98; 3]).then_some(()),
+    );
+    let starts = fake
+        .methods()
+        .iter()
+        .filter(|m| *m == "printer.print.start")
+        .count();
+    assert_eq!(starts, 1, "the file is started once");
+
+    // Cancel through the API: the committed Canceled makes the agent cancel on the printer.
+    create_and_run(&c, "m2", "voron", 5.0);
+    wait_for("m2 printing", Duration::from_secs(20), || {
+        (fake.state() == "printing").then_some(())
+    });
+    let (code, v) = set(&c, 2, "m2", "canceled");
+    assert_eq!(code, 200, "{v}");
+    wait_for("the printer to cancel", Duration::from_secs(20), || {
+        (fake.state() == "cancelled").then_some(())
+    });
+
+    // Cancel on the printer: the agent proposes Canceled, nothing is deducted.
+    create_and_run(&c, "m3", "voron", 5.0);
+    wait_for("m3 printing", Duration::from_secs(20), || {
+        (fake.state() == "printing").then_some(())
+    });
+    fake.cancel_on_printer();
+    let end = wait_final(&c, 1, "m3");
+    assert_eq!(end["status"], "Canceled", "{end}");
+    assert_eq!(remaining_everywhere(&c), vec![994.98; 3]);
+    drop(broker);
+}
+
+#[test]
+fn a_bambu_print_over_tls_ends_done_and_the_access_code_stays_secret() {
+    let rt = runtime();
+    let pki = TestPki::new("Raft3D test Bambu CA");
+    let ca_dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = ca_dir.path().join("bambu-ca.pem");
+    std::fs::write(&ca_file, pki.ca_pem()).expect("write CA");
+    let (broker, fake) = rt.block_on(async {
+        let b = FakeBroker::start(BrokerConfig {
+            tls: Some(pki.server_config(SERIAL)),
+            login: Some(("bblp".into(), CODE.into())),
+        })
+        .await
+        .expect("broker");
+        let f = FakeBambu::start(
+            b.plain_port,
+            SERIAL,
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+        );
+        (b, f)
+    });
+    let conn = format!(
+        "{{ kind = \"bambu\", host = \"127.0.0.1\", port = {}, serial = \"{SERIAL}\", access_code = \"{CODE}\", ca_file = {:?} }}",
+        broker.port,
+        ca_file.display().to_string()
+    );
+    let c = farm(2, "p1s", &conn);
+
+    // Telemetry served by a node that does not drive the printer, AMS trays included.
+    let (code, t) = get(&c.nodes[0].url("/api/v1/printers/p1s/status")).unwrap();
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(t["ams"].as_array().map(Vec::len), Some(4), "{t}");
+    for i in 0..3 {
+        let (_, p) = get(&c.nodes[i].url("/api/v1/printers/p1s")).unwrap();
+        assert!(
+            !p.to_string().contains(CODE),
+            "node{} leaks the code: {p}",
+            i + 1
+        );
+        assert_eq!(p["connection"]["serial"], SERIAL, "{p}");
+    }
+
+    create_and_run(&c, "b1", "p1s", 5.02);
+    let done = wait_final(&c, 1, "b1");
+    assert_eq!(done["status"], "Done", "{done}\n{}", c.logs());
+    wait_for(
+        "the deduction on every node",
+        Duration::from_secs(10),
+        || (remaining_everywhere(&c) == vec![994.98; 3]).then_some(()),
+    );
+    assert_eq!(
+        fake.commands()
+            .iter()
+            .filter(|c| *c == "gcode_file")
+            .count(),
+        1,
+        "{:?}",
+        fake.commands()
+    );
+    drop(broker);
+}
