@@ -1,4 +1,5 @@
 //! Process-level test support for Raft3D: a harness that runs real `raft3d` processes, used by
 //! the tests in `tests/` and by the `loadgen` benchmark binary.
 
+pub mod linearizability;
 pub mod support;
