@@ -37,6 +37,8 @@ pub enum DispatchError {
 struct Managed {
     spec: ConnectionSpec,
     handle: DriverHandle,
+    /// Stops this driver alone (its printer moved to another agent).
+    stop: CancellationToken,
     /// The (job, attempt) this run started and has not seen end.
     current: Option<(String, u64)>,
 }
@@ -151,20 +153,24 @@ impl Dispatcher {
                 let respawn = map.get(&p.id).is_none_or(|m| m.spec != spec);
                 if respawn {
                     tracing::info!(printer = %p.id, ?spec, "starting printer driver");
+                    let stop = self.shutdown.child_token();
                     let handle = spawn_driver(
                         p.id.clone(),
                         spec.clone(),
                         self.events.clone(),
-                        self.shutdown.child_token(),
+                        stop.clone(),
                     );
-                    map.insert(
+                    if let Some(old) = map.insert(
                         p.id.clone(),
                         Managed {
                             spec,
                             handle,
+                            stop,
                             current: None,
                         },
-                    );
+                    ) {
+                        old.stop.cancel();
+                    }
                 }
                 let Some(m) = map.get_mut(&p.id) else {
                     continue;
@@ -186,24 +192,43 @@ impl Dispatcher {
                     }
                 }
                 if let (None, Some((job, attempt))) = (&m.current, desired) {
+                    // Begun before this run started, or before the printer moved here: another
+                    // agent (or an earlier run) started it.
+                    let earlier = attempt <= started_before
+                        || p.supervisor_since.is_some_and(|since| attempt < since);
                     if !handled.insert(attempt) {
                         // Started (or failed) by this run already; its outcome is on its way.
-                    } else if attempt <= started_before {
+                    } else if earlier && !m.spec.is_network() {
                         stale.push((job, attempt));
                     } else if let Some(j) = running {
-                        tracing::info!(printer = %p.id, job = %job, attempt, "starting print");
-                        to_send.push((
-                            m.handle.commands.clone(),
-                            DriverCommand::Start(PrintRequest {
-                                job_id: job.clone(),
-                                attempt,
-                                file: self.resolve(&m.spec, &j.filepath),
-                            }),
-                        ));
+                        let req = PrintRequest {
+                            job_id: job.clone(),
+                            attempt,
+                            file: self.resolve(&m.spec, &j.filepath),
+                        };
+                        let cmd = if earlier {
+                            tracing::info!(printer = %p.id, job = %job, attempt, "taking over a print started earlier");
+                            DriverCommand::Attach(req)
+                        } else {
+                            tracing::info!(printer = %p.id, job = %job, attempt, "starting print");
+                            DriverCommand::Start(req)
+                        };
+                        to_send.push((m.handle.commands.clone(), cmd));
                         m.current = Some((job, attempt));
                     }
                 }
             }
+            // A printer whose supervision moved to another agent is left alone from now on.
+            map.retain(|id, m| {
+                let mine = farm
+                    .printer(id)
+                    .is_some_and(|p| p.node_id.as_deref() == Some(&me));
+                if !mine {
+                    tracing::warn!(printer = %id, "printer is supervised by another agent now: driver stopped");
+                    m.stop.cancel();
+                }
+                mine
+            });
         }
         for (tx, cmd) in to_send {
             if tx.send(cmd).await.is_err() {
@@ -238,6 +263,7 @@ impl Dispatcher {
                 }
                 Ok(Err(
                     e @ (DomainError::StaleAttempt { .. }
+                    | DomainError::NotSupervisor { .. }
                     | DomainError::InvalidTransition { .. }
                     | DomainError::NotFound { .. }),
                 )) => {

@@ -3,7 +3,9 @@
 //! test time, CN = the printer's serial, login `bblp` + access code). The broker and the
 //! printers run in this test process on loopback; the agents are real processes. A print ends
 //! `Done` with one deduction on every node, a cancel from the API reaches the printer, a cancel
-//! on the printer cancels the job, and the access code never leaves the agent.
+//! on the printer cancels the job, the access code never leaves the agent, and when the agent
+//! that supervises a network printer dies mid-print the leader takes the printer over and the
+//! job still ends `Done` exactly once.
 
 use std::time::Duration;
 
@@ -25,17 +27,29 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// A quick failure detector: a member silent for 1 s fails a check every 0.5 s; after two
+/// failed checks the leader takes over its network printers.
+const FAST_HEALTH: &str =
+    "[health]\ncheck_interval_ms = 500\ncontact_timeout_ms = 1000\nprinter_failover_checks = 2\n";
+
 /// Three nodes; node `driver` (0-based) drives printer `id` with `connection` (TOML inline
 /// table). Waits until the printer's state is known from another node, then adds spool f1.
 fn farm(driver: usize, id: &str, connection: &str) -> Cluster {
     let mut c = Cluster::new(3);
-    let cfg = c.config_file(
-        "printer.toml",
-        &format!(
-            "[[printers]]\nid = \"{id}\"\ncompany = \"Farm\"\nmodel = \"Networked\"\nconnection = {connection}\n"
-        ),
-    );
-    c.nodes[driver].extra = vec!["--config".into(), cfg];
+    for i in 0..3 {
+        let printer = if i == driver {
+            format!(
+                "[[printers]]\nid = \"{id}\"\ncompany = \"Farm\"\nmodel = \"Networked\"\nconnection = {connection}\n"
+            )
+        } else {
+            String::new()
+        };
+        let cfg = c.config_file(
+            &format!("node{}.toml", i + 1),
+            &format!("{FAST_HEALTH}{printer}"),
+        );
+        c.nodes[i].extra = vec!["--config".into(), cfg];
+    }
     c.boot();
     let other = (driver + 1) % 3;
     wait_for(&format!("{id} connected"), Duration::from_secs(40), || {
@@ -205,6 +219,83 @@ fn a_bambu_print_over_tls_ends_done_and_the_access_code_stays_secret() {
         1,
         "{:?}",
         fake.commands()
+    );
+    drop(broker);
+}
+
+#[test]
+fn a_dead_supervisor_hands_its_printer_over_and_the_job_still_ends_done_once() {
+    let rt = runtime();
+    let (broker, fake) = rt.block_on(async {
+        let b = FakeBroker::start(BrokerConfig::default())
+            .await
+            .expect("broker");
+        let f = FakeMoonraker::start(
+            b.plain_port,
+            "voron",
+            &["cube.gcode"],
+            Duration::from_secs(8),
+        );
+        (b, f)
+    });
+    let conn = format!(
+        "{{ kind = \"moonraker\", broker = \"127.0.0.1:{}\", instance = \"voron\" }}",
+        broker.plain_port
+    );
+    let mut c = farm(1, "voron", &conn);
+
+    create_and_run(&c, "t1", "voron", 5.02);
+    wait_for("t1 printing", Duration::from_secs(20), || {
+        (fake.state() == "printing").then_some(())
+    });
+    c.node(1).kill9();
+
+    // The leader (node1 or node3) notices and takes over; the printer keeps printing.
+    let moved = wait_for("the printer to move", Duration::from_secs(30), || {
+        let (code, p) = get(&c.nodes[0].url("/api/v1/printers/voron")).ok()?;
+        (code == 200 && p["node_id"] != "node2").then_some(p)
+    });
+    assert!(
+        moved["node_id"] == "node1" || moved["node_id"] == "node3",
+        "{moved}"
+    );
+    assert_eq!(
+        fake.state(),
+        "printing",
+        "the takeover must not disturb the print"
+    );
+    let done = wait_final(&c, 0, "t1");
+    assert_eq!(done["status"], "Done", "{done}\n{}", c.logs());
+    let (_, f) = get(&c.nodes[2].url("/api/v1/filaments/f1")).unwrap();
+    assert_eq!(f["remaining_weight_in_grams"], 994.98, "{f}");
+    let starts = fake
+        .methods()
+        .iter()
+        .filter(|m| *m == "printer.print.start")
+        .count();
+    assert_eq!(starts, 1, "the print is never started again");
+    assert!(
+        c.logs().contains("taking over a print started earlier"),
+        "the new supervisor re-attached:\n{}",
+        c.logs()
+    );
+
+    // The old supervisor comes back: it leaves the printer alone and changes nothing.
+    c.node(1).spawn(&[]);
+    wait_for("node2 caught up", Duration::from_secs(30), || {
+        let (code, j) = get(&c.nodes[1].url("/api/v1/print_jobs/t1?consistency=stale")).ok()?;
+        (code == 200 && j["status"] == "Done").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, p) = get(&c.nodes[1].url("/api/v1/printers/voron")).unwrap();
+    assert_eq!(p["node_id"], moved["node_id"], "{p}");
+    assert_eq!(remaining_everywhere(&c), vec![994.98; 3]);
+    assert_eq!(
+        fake.methods()
+            .iter()
+            .filter(|m| *m == "printer.print.start")
+            .count(),
+        1
     );
     drop(broker);
 }

@@ -54,7 +54,9 @@ impl From<DomainError> for ApiError {
             | DomainError::InvalidTransition { .. }
             | DomainError::PrinterBusy { .. }
             | DomainError::FailedReservedForAgent
-            | DomainError::StaleAttempt { .. } => StatusCode::CONFLICT,
+            | DomainError::StaleAttempt { .. }
+            | DomainError::NotSupervisor { .. }
+            | DomainError::PrinterNotMovable { .. } => StatusCode::CONFLICT,
         };
         ApiError::new(status, e.code(), e.to_string())
     }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::node::Node;
 use super::types::NodeId;
+use crate::domain::Command;
 
 /// `[health]` in the node config.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +30,9 @@ pub struct HealthConfig {
     pub auto_remove: bool,
     /// Members seen for less than this are never auto-removed.
     pub join_grace_ms: u64,
+    /// Consecutive failed checks after which the network printers (Bambu, Moonraker) a member
+    /// supervises move to the leader, which re-attaches to their prints; 0 turns it off.
+    pub printer_failover_checks: u32,
 }
 
 impl Default for HealthConfig {
@@ -39,6 +43,7 @@ impl Default for HealthConfig {
             failure_threshold: 20,
             auto_remove: false,
             join_grace_ms: 60_000,
+            printer_failover_checks: 3,
         }
     }
 }
@@ -126,6 +131,7 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let timeout = Duration::from_millis(cfg.contact_timeout_ms);
         let mut dead = Vec::new();
+        let mut orphaned = BTreeSet::new();
         {
             let mut state = node
                 .health
@@ -155,6 +161,11 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
                     entry.failed_checks,
                     cfg.failure_threshold
                 );
+                if cfg.printer_failover_checks > 0
+                    && entry.failed_checks >= cfg.printer_failover_checks
+                {
+                    orphaned.insert(id.0.clone());
+                }
                 let settled = entry
                     .first_seen
                     .is_some_and(|t| t.elapsed() >= Duration::from_millis(cfg.join_grace_ms));
@@ -168,6 +179,7 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
                 }
             }
         }
+        take_over_printers(&node, &orphaned).await;
         for id in dead {
             let mut remaining = voters.clone();
             remaining.remove(&id);
@@ -185,6 +197,42 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
             match node.remove_here(id.0.clone()).await {
                 Ok(()) => node.health.forget(&id),
                 Err(e) => tracing::warn!(node = %id, error = %e, "auto-removal failed"),
+            }
+        }
+    }
+}
+
+/// Moves the network printers supervised by `gone` members to this node (the leader, which
+/// is live by definition). The move is a compare-and-set in the state machine, so a move
+/// decided twice, or by a leader that has just lost office, changes nothing.
+async fn take_over_printers(node: &Node, gone: &BTreeSet<String>) {
+    if gone.is_empty() {
+        return;
+    }
+    let moves: Vec<(String, String)> = {
+        let replica = node.sm.read();
+        replica
+            .farm
+            .printers()
+            .filter(|p| p.connection.as_ref().is_some_and(|c| c.is_network()))
+            .filter_map(|p| {
+                let from = p.node_id.clone()?;
+                gone.contains(&from).then(|| (p.id.clone(), from))
+            })
+            .collect()
+    };
+    for (printer_id, from) in moves {
+        tracing::warn!(printer = %printer_id, from = %from, to = %node.id, "agent {from} is unresponsive: taking over the supervision of network printer {printer_id}");
+        let cmd = Command::MovePrinter {
+            printer_id: printer_id.clone(),
+            from,
+            to: node.id.0.clone(),
+        };
+        match node.propose(cmd).await {
+            Ok(Ok(_)) => tracing::info!(printer = %printer_id, "printer supervision moved here"),
+            Ok(Err(e)) => tracing::info!(printer = %printer_id, error = %e, "printer not moved"),
+            Err(e) => {
+                tracing::warn!(printer = %printer_id, error = %e, "printer move not committed; retried at the next check")
             }
         }
     }

@@ -28,6 +28,14 @@ pub enum Command {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// The supervision of network printer `printer_id` moves from agent `from` (unresponsive)
+    /// to agent `to`. A compare-and-set on the printer's `node_id`: a move decided on stale
+    /// knowledge (by an old leader, or twice) is refused.
+    MovePrinter {
+        printer_id: String,
+        from: String,
+        to: String,
+    },
     /// A node was removed from the cluster; its old data must not rejoin.
     MarkNodeRemoved(String),
     /// A node with wiped data may join again under its old id.
@@ -64,6 +72,11 @@ impl std::fmt::Display for Proposal {
             Command::CreateFilament(x) => write!(f, "create filament {}", x.id),
             Command::CreateJob(j) => write!(f, "create job {}", j.id),
             Command::SetJobStatus { job_id, status, .. } => write!(f, "job {job_id} -> {status}"),
+            Command::MovePrinter {
+                printer_id,
+                from,
+                to,
+            } => write!(f, "printer {printer_id} moves from {from} to {to}"),
             Command::MarkNodeRemoved(id) => write!(f, "node {id} removed"),
             Command::ClearNodeRemoved(id) => write!(f, "node {id} may rejoin"),
         }

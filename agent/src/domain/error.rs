@@ -46,6 +46,18 @@ pub enum DomainError {
     #[error("only the agent driving the printer may mark a job Failed; use Canceled instead")]
     FailedReservedForAgent,
 
+    #[error(
+        "printer '{printer_id}' is supervised by {current:?}, not by '{reported}'; only its current agent reports on or moves it"
+    )]
+    NotSupervisor {
+        printer_id: String,
+        current: Option<String>,
+        reported: String,
+    },
+
+    #[error("printer '{printer_id}' is not a network printer; only bambu and moonraker printers move to another agent")]
+    PrinterNotMovable { printer_id: String },
+
     #[error("job '{job_id}' is on attempt {current:?}; this report is for attempt {reported}")]
     StaleAttempt {
         job_id: String,
@@ -66,6 +78,8 @@ impl DomainError {
             DomainError::PrinterBusy { .. } => "printer_busy",
             DomainError::FailedReservedForAgent => "failed_reserved_for_agent",
             DomainError::StaleAttempt { .. } => "stale_attempt",
+            DomainError::NotSupervisor { .. } => "not_supervisor",
+            DomainError::PrinterNotMovable { .. } => "printer_not_movable",
         }
     }
 }

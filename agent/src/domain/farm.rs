@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Applied, ApplyResult, Command, Origin, Proposal};
 use super::error::DomainError;
-use super::model::{Filament, JobStatus, PrintJob, Printer};
+use super::model::{Connection, Filament, JobStatus, PrintJob, Printer};
 use super::weight::Grams;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -128,6 +128,11 @@ impl FarmState {
                 origin,
                 reason,
             } => self.set_status(job_id, *status, origin, reason.as_deref(), at, log_index),
+            Command::MovePrinter {
+                printer_id,
+                from,
+                to,
+            } => self.move_printer(printer_id, from, to, log_index),
             Command::MarkNodeRemoved(id) => {
                 self.removed_nodes.insert(id.clone());
                 Ok(Applied::Nothing)
@@ -185,6 +190,37 @@ impl FarmState {
         Ok(Applied::Job(job.clone()))
     }
 
+    fn move_printer(
+        &mut self,
+        printer_id: &str,
+        from: &str,
+        to: &str,
+        log_index: u64,
+    ) -> ApplyResult {
+        let p = self
+            .printers
+            .get_mut(printer_id)
+            .ok_or_else(|| DomainError::NotFound {
+                kind: "printer".into(),
+                id: printer_id.to_string(),
+            })?;
+        if !p.connection.as_ref().is_some_and(Connection::is_network) {
+            return Err(DomainError::PrinterNotMovable {
+                printer_id: printer_id.to_string(),
+            });
+        }
+        if p.node_id.as_deref() != Some(from) {
+            return Err(DomainError::NotSupervisor {
+                printer_id: printer_id.to_string(),
+                current: p.node_id.clone(),
+                reported: from.to_string(),
+            });
+        }
+        p.node_id = Some(to.to_string());
+        p.supervisor_since = Some(log_index);
+        Ok(Applied::Printer(p.clone()))
+    }
+
     fn set_status(
         &mut self,
         job_id: &str,
@@ -204,7 +240,18 @@ impl FarmState {
         if to == JobStatus::Failed && matches!(origin, Origin::Client) {
             return Err(DomainError::FailedReservedForAgent);
         }
-        if let Origin::Agent { attempt, .. } = origin {
+        if let Origin::Agent { attempt, node_id } = origin {
+            let supervisor = self
+                .printers
+                .get(&job.printer_id)
+                .and_then(|p| p.node_id.clone());
+            if supervisor.as_ref().is_some_and(|s| s != node_id) {
+                return Err(DomainError::NotSupervisor {
+                    printer_id: job.printer_id.clone(),
+                    current: supervisor,
+                    reported: node_id.clone(),
+                });
+            }
             if job.attempt != Some(*attempt) || from != JobStatus::Running {
                 return Err(DomainError::StaleAttempt {
                     job_id: job_id.to_string(),

@@ -358,3 +358,77 @@ proptest! {
         }
     }
 }
+
+fn network_printer(id: &str, node: &str) -> Command {
+    let p: NewPrinter = serde_json::from_value(serde_json::json!({
+        "id": id, "company": "Bambu Lab", "model": "P1S", "node_id": node,
+        "connection": {"kind": "moonraker", "broker": "127.0.0.1:1883", "instance": "k1"}
+    }))
+    .unwrap();
+    Command::CreatePrinter(p.into_printer("unused".into(), AT).unwrap())
+}
+
+fn move_printer(id: &str, from: &str, to: &str) -> Command {
+    Command::MovePrinter {
+        printer_id: id.into(),
+        from: from.into(),
+        to: to.into(),
+    }
+}
+
+fn agent_done(node: &str, attempt: u64) -> Command {
+    Command::SetJobStatus {
+        job_id: "j1".into(),
+        status: JobStatus::Done,
+        origin: Origin::Agent {
+            node_id: node.into(),
+            attempt,
+        },
+        reason: None,
+    }
+}
+
+#[test]
+fn a_network_printer_moves_once_and_only_its_supervisor_reports() {
+    let mut s = FarmState::default();
+    propose(&mut s, 1, network_printer("k1", "node2")).unwrap();
+    propose(&mut s, 2, filament("f1", 100.0)).unwrap();
+    propose(&mut s, 3, job("j1", "k1", "f1", 10.0)).unwrap();
+    propose(&mut s, 4, status("j1", JobStatus::Running)).unwrap();
+
+    // A compare-and-set: the second of two moves decided on the same knowledge is refused.
+    let Ok(Applied::Printer(p)) = propose(&mut s, 5, move_printer("k1", "node2", "node1")) else {
+        panic!("move refused")
+    };
+    assert_eq!(
+        (p.node_id.as_deref(), p.supervisor_since),
+        (Some("node1"), Some(5))
+    );
+    let again = propose(&mut s, 6, move_printer("k1", "node2", "node3")).unwrap_err();
+    assert_eq!(again.code(), "not_supervisor");
+    assert_eq!(s.printer("k1").unwrap().node_id.as_deref(), Some("node1"));
+
+    // The old supervisor's report is fenced off; the new one's finishes the job once.
+    let old = propose(&mut s, 7, agent_done("node2", 4)).unwrap_err();
+    assert_eq!(old.code(), "not_supervisor");
+    assert_eq!(remaining(&s, "f1"), 100_000);
+    propose(&mut s, 8, agent_done("node1", 4)).unwrap();
+    assert_eq!(remaining(&s, "f1"), 90_000);
+    assert_eq!(
+        propose(&mut s, 9, agent_done("node1", 4))
+            .unwrap_err()
+            .code(),
+        "stale_attempt",
+        "Done is final: deducted once"
+    );
+    assert_eq!(remaining(&s, "f1"), 90_000);
+}
+
+#[test]
+fn only_network_printers_move() {
+    let mut s = farm();
+    let err = propose(&mut s, 10, move_printer("p1", "node1", "node2")).unwrap_err();
+    assert_eq!(err.code(), "printer_not_movable");
+    let err = propose(&mut s, 11, move_printer("nope", "node1", "node2")).unwrap_err();
+    assert_eq!(err.code(), "not_found");
+}

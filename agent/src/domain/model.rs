@@ -120,6 +120,15 @@ fn default_speed() -> f64 {
 }
 
 impl Connection {
+    /// Network printers print on their own and any agent that reaches them can supervise
+    /// them; serial and virtual printers belong to one machine.
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self,
+            Connection::Bambu { .. } | Connection::Moonraker { .. }
+        )
+    }
+
     /// The same connection with every secret removed, for API output.
     pub fn redacted(&self) -> Connection {
         let mut c = self.clone();
@@ -190,6 +199,10 @@ pub struct Printer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<Connection>,
     pub created_at: String,
+    /// Log index at which supervision moved to `node_id` (network printers after a
+    /// failover); jobs that were `Running` before it were started by another agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_since: Option<u64>,
 }
 
 impl Printer {
@@ -238,6 +251,7 @@ impl NewPrinter {
             node_id,
             connection: self.connection,
             created_at: now.to_string(),
+            supervisor_since: None,
         })
     }
 }

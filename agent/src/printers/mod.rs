@@ -70,7 +70,15 @@ pub enum DriverCommand {
     Resume,
     /// Stop streaming and leave the printer safe; no event follows (the cluster decided).
     Cancel,
+    /// Track a print that an earlier agent (or an earlier run of this one) started on a network
+    /// printer: nothing is sent to the printer, its reports decide the outcome. Printers that
+    /// do not print on their own fail the request.
+    Attach(PrintRequest),
 }
+
+/// Why a serial or virtual printer refuses `Attach`: its print needed this agent to feed it.
+pub(crate) const NO_ATTACH: &str =
+    "the agent restarted while the job was running; a print is never resumed on its own";
 
 /// Outcome of the job given in `Start`, tagged with its `job_id` and `attempt`.
 #[derive(Clone, Debug, PartialEq, Eq)]

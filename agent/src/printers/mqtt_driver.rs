@@ -297,7 +297,7 @@ async fn misconfigured(mut ctx: DriverCtx, why: String) {
             _ = ctx.shutdown.cancelled() => return,
             cmd = ctx.commands.recv() => match cmd {
                 None => return,
-                Some(DriverCommand::Start(req)) => ctx.fail(&req, why.clone()).await,
+                Some(DriverCommand::Start(req) | DriverCommand::Attach(req)) => ctx.fail(&req, why.clone()).await,
                 Some(_) => {}
             },
         }
@@ -357,6 +357,19 @@ impl<P: NetProtocol> Runtime<P> {
                     }
                 }
                 self.start_if_ready(now).await;
+            }
+            DriverCommand::Attach(req) => {
+                if self.job.is_some() {
+                    return self.ctx.fail(&req, "printer busy").await;
+                }
+                info!(printer = %self.ctx.printer_id, job = %req.job_id, attempt = req.attempt, file = %req.file.display(), "re-attaching to a print started earlier");
+                self.tel.job_id = Some(req.job_id.clone());
+                let mut job = NetJob::attached(req, now);
+                if !self.connected {
+                    job.disconnected(now);
+                }
+                self.job = Some(job);
+                self.observe().await;
             }
             DriverCommand::Pause | DriverCommand::Resume => {
                 let c = if cmd == DriverCommand::Pause {

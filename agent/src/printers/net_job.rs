@@ -62,6 +62,8 @@ pub struct NetJob {
     /// The connection dropped after the start was sent: end states may have been missed.
     gap: bool,
     offline_since: Option<Instant>,
+    /// Started by an earlier agent: this one only tracks it.
+    attached: bool,
 }
 
 fn secs(d: Duration) -> u64 {
@@ -77,6 +79,18 @@ impl NetJob {
             seen_active: false,
             gap: false,
             offline_since: None,
+            attached: false,
+        }
+    }
+
+    /// A print an earlier agent started: already sent, and end states that name this job's
+    /// file count (its start may have been missed).
+    pub fn attached(req: PrintRequest, now: Instant) -> NetJob {
+        NetJob {
+            sent_at: Some(now),
+            gap: true,
+            attached: true,
+            ..NetJob::new(req, now)
         }
     }
 
@@ -158,6 +172,17 @@ impl NetJob {
             return Verdict::Continue;
         }
         match self.sent_at {
+            Some(sent)
+                if self.attached
+                    && !self.seen_active
+                    && now.duration_since(sent) >= o.net_start_timeout =>
+            {
+                Verdict::Failed(format!(
+                    "the printer shows no print of '{}' to take over within {} s",
+                    self.file(),
+                    secs(o.net_start_timeout)
+                ))
+            }
             Some(sent) if !self.seen_active && now.duration_since(sent) >= o.net_start_timeout => {
                 Verdict::Failed(format!(
                     "the printer did not start '{}' within {} s (is the file on the printer?)",
@@ -203,6 +228,28 @@ mod tests {
         assert_eq!(j.observe(&P::Preparing, None), Verdict::Continue);
         assert_eq!(j.observe(&P::Unknown("X".into()), None), Verdict::Continue);
         assert_eq!(j.observe(&P::Finished, None), Verdict::Finished);
+    }
+
+    #[test]
+    fn a_taken_over_print_ends_by_the_printers_word_or_times_out() {
+        let t0 = Instant::now();
+        let o = DriverOptions::default();
+        let req = job(t0).req;
+        // The print finished while nobody watched: the end state names this file, so it counts.
+        let mut j = NetJob::attached(req.clone(), t0);
+        assert_eq!(j.observe(&P::Finished, Some(false)), Verdict::Continue);
+        assert_eq!(j.observe(&P::Finished, Some(true)), Verdict::Finished);
+        // Still printing: tracked to its end.
+        let mut j = NetJob::attached(req.clone(), t0);
+        assert_eq!(j.observe(&P::Printing, Some(true)), Verdict::Continue);
+        assert_eq!(j.observe(&P::Finished, None), Verdict::Finished);
+        // The printer shows no such print: failed after the start timeout, saying so.
+        let mut j = NetJob::attached(req, t0);
+        assert_eq!(j.observe(&P::Idle, None), Verdict::Continue);
+        let Verdict::Failed(why) = j.tick(t0 + o.net_start_timeout, &o, None) else {
+            panic!("a print that is not there must fail")
+        };
+        assert!(why.contains("to take over"), "{why}");
     }
 
     #[test]

@@ -143,7 +143,7 @@ async fn wait_offline(ctx: &mut DriverCtx, delay: Duration, problem: &str) -> bo
             _ = &mut sleep => return true,
             cmd = ctx.commands.recv() => match cmd {
                 None => return false,
-                Some(DriverCommand::Start(req)) => {
+                Some(DriverCommand::Start(req) | DriverCommand::Attach(req)) => {
                     ctx.fail(&req, format!("printer not connected: {problem}")).await;
                 }
                 Some(cmd) => debug!(printer = %ctx.printer_id, ?cmd, "offline: command ignored"),

@@ -379,6 +379,7 @@ impl<'a> Session<'a> {
         let now = Instant::now();
         match (cmd, &mut self.slot) {
             (DriverCommand::Start(req), _) => self.on_start(req).await,
+            (DriverCommand::Attach(req), _) => self.ctx.fail(&req, super::NO_ATTACH).await,
             (DriverCommand::Pause, Slot::Printing(job)) => {
                 job.sender.pause();
                 job.update(now);

@@ -134,7 +134,7 @@ async fn invalid_speed(mut ctx: DriverCtx, speed: f64) {
             _ = ctx.shutdown.cancelled() => return,
             cmd = ctx.commands.recv() => match cmd {
                 None => return,
-                Some(DriverCommand::Start(req)) => ctx.fail(&req, why.clone()).await,
+                Some(DriverCommand::Start(req) | DriverCommand::Attach(req)) => ctx.fail(&req, why.clone()).await,
                 Some(_) => {}
             },
         }
@@ -222,6 +222,7 @@ impl VirtualPrinter {
         let now = Instant::now();
         match (cmd, self.job.as_mut()) {
             (DriverCommand::Start(req), Some(_)) => ctx.fail(&req, "printer busy").await,
+            (DriverCommand::Attach(req), _) => ctx.fail(&req, super::NO_ATTACH).await,
             (DriverCommand::Start(req), None) => match GcodeReader::open(&req.file).await {
                 Ok(reader) => {
                     info!(printer = %ctx.printer_id, job = %req.job_id, file = %req.file.display(), "virtual print started");
