@@ -181,13 +181,18 @@ impl Dispatcher {
                 let desired = running.and_then(|j| j.attempt.map(|a| (j.id.clone(), a)));
                 if let Some((job, attempt)) = m.current.clone() {
                     if desired.as_ref() != Some(&(job.clone(), attempt)) {
-                        if farm
-                            .job(&job)
-                            .is_some_and(|j| j.status == JobStatus::Canceled)
-                        {
-                            tracing::info!(printer = %p.id, job = %job, "job canceled: stopping the print");
-                            to_send.push((m.handle.commands.clone(), DriverCommand::Cancel));
+                        // The job left Running: canceled, or ended by a client (`Done`) while
+                        // the printer may still be printing it. Either way the printer stops;
+                        // after the driver's own outcome it is idle and ignores this.
+                        match farm.job(&job).map(|j| j.status) {
+                            Some(JobStatus::Canceled) => {
+                                tracing::info!(printer = %p.id, job = %job, "job canceled: stopping the print")
+                            }
+                            status => {
+                                tracing::debug!(printer = %p.id, job = %job, ?status, "job no longer running: the printer stops if it still prints it")
+                            }
                         }
+                        to_send.push((m.handle.commands.clone(), DriverCommand::Cancel));
                         m.current = None;
                     }
                 }

@@ -140,6 +140,30 @@ fn cancel_and_pause_reach_the_printer() {
 }
 
 #[test]
+fn a_client_done_mid_print_stops_the_printer_and_frees_it_for_the_next_job() {
+    let c = farm(5.0);
+    job(&c, 0, "early", "virtual-2", "vase.gcode", 6.75);
+    assert_eq!(set(&c, 0, "early", "running").0, 200);
+    wait_for("printing", Duration::from_secs(20), || {
+        (telemetry(&c, 1, "virtual-2")?["state"] == "printing").then_some(())
+    });
+    // The operator takes the part off early and marks it done: the spool pays for it and
+    // the printer stops feeding it.
+    assert_eq!(set(&c, 2, "early", "done").0, 200);
+    wait_for("the printer to stop", Duration::from_secs(15), || {
+        (telemetry(&c, 0, "virtual-2")?["state"] == "idle").then_some(())
+    });
+    assert_eq!(remaining(&c, 1), 993.25);
+    job(&c, 1, "next", "virtual-2", "cube.gcode", 5.02);
+    assert_eq!(set(&c, 1, "next", "running").0, 200);
+    wait_for("the next job printing", Duration::from_secs(20), || {
+        let t = telemetry(&c, 0, "virtual-2")?;
+        (t["state"] == "printing" && t["job_id"] == "next").then_some(())
+    });
+    assert_eq!(status_of(&c, 0, "next").unwrap()["status"], "Running");
+}
+
+#[test]
 fn an_agent_killed_mid_print_fails_the_job_and_never_restarts_it() {
     let mut c = farm(20.0);
     job(&c, 0, "k1", "virtual-3", "vase.gcode", 6.75);

@@ -58,7 +58,9 @@ pub enum DomainError {
     #[error("printer '{printer_id}' is not a network printer; only bambu and moonraker printers move to another agent")]
     PrinterNotMovable { printer_id: String },
 
-    #[error("job '{job_id}' is on attempt {current:?}; this report is for attempt {reported}")]
+    #[error(
+        "job '{job_id}' is no longer running attempt {reported} (its current attempt: {current:?}); the report is obsolete"
+    )]
     StaleAttempt {
         job_id: String,
         current: Option<u64>,
