@@ -382,3 +382,26 @@ fn a_full_reset_starts_an_empty_farm() {
     let (code, jobs) = get(&c.nodes[0].url("/api/v1/print_jobs")).unwrap();
     assert_eq!((code, jobs), (200, json!([])));
 }
+
+#[test]
+fn a_leader_that_lost_its_quorum_is_not_ready() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let (code, s) = get(&c.nodes[leader].url("/cluster/status")).unwrap();
+    assert_eq!((code, s["has_quorum"].clone()), (200, json!(true)), "{s}");
+    for i in (0..3).filter(|i| *i != leader) {
+        c.node(i).kill9();
+    }
+    // Within the contact timeout (3 s by default) the leader knows it is alone.
+    let why = wait_for(
+        "the leader to report no quorum",
+        Duration::from_secs(15),
+        || {
+            let (code, v) = get(&c.nodes[leader].url("/readyz")).ok()?;
+            (code == 503).then_some(v)
+        },
+    );
+    assert!(why.to_string().contains("no quorum"), "{why}");
+    let (_, s) = get(&c.nodes[leader].url("/cluster/status")).unwrap();
+    assert_eq!(s["has_quorum"], false, "{s}");
+}

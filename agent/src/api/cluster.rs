@@ -50,7 +50,25 @@ pub struct StatusView {
     /// SHA-256 of the farm state at `state_hash_index`; equal on nodes with the same state.
     pub state_hash: String,
     pub state_hash_index: u64,
+    /// Leader only: whether a majority of voters answered within the contact timeout. A
+    /// leader without one keeps its title but cannot commit anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_quorum: Option<bool>,
     pub members: Vec<MemberView>,
+}
+
+/// On the leader: (voters heard from within the contact timeout, voters); `None` elsewhere.
+fn leader_quorum(node: &Node, m: &crate::cluster::types::RaftMetrics) -> Option<(usize, usize)> {
+    if m.state != ServerState::Leader {
+        return None;
+    }
+    let voters: std::collections::BTreeSet<_> =
+        m.membership_config.membership().voter_ids().collect();
+    let live = crate::cluster::health::live_members(node);
+    Some((
+        voters.iter().filter(|v| live.contains(*v)).count(),
+        voters.len(),
+    ))
 }
 
 pub fn status_view(node: &Node) -> StatusView {
@@ -95,6 +113,7 @@ pub fn status_view(node: &Node) -> StatusView {
         last_log_index: m.last_log_index.unwrap_or(0),
         state_hash,
         state_hash_index,
+        has_quorum: leader_quorum(node, &m).map(|(live, all)| live > all / 2),
         members,
     }
 }
@@ -158,6 +177,10 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_js
         Some("not a member of a cluster yet".to_string())
     } else if m.current_leader.is_none() {
         Some("no leader known".to_string())
+    } else if let Some((live, all)) = leader_quorum(&node, &m).filter(|(l, a)| *l <= a / 2) {
+        Some(format!(
+            "this leader reaches only {live} of {all} voters: no quorum, writes cannot commit"
+        ))
     } else if applied < committed {
         Some(format!("catching up: applied {applied} of {committed}"))
     } else {
