@@ -405,3 +405,25 @@ fn a_leader_that_lost_its_quorum_is_not_ready() {
     let (_, s) = get(&c.nodes[leader].url("/cluster/status")).unwrap();
     assert_eq!(s["has_quorum"], false, "{s}");
 }
+
+#[test]
+fn a_join_with_an_address_nobody_answers_is_refused_and_changes_nothing() {
+    let c = Cluster::start(3);
+    let (code, v) = post(
+        &c.nodes[1].url("/join"),
+        &json!({"node_id": "node4", "addr": format!("127.0.0.1:{}", support::free_port())}),
+    )
+    .unwrap();
+    assert_eq!(code, 409, "{v}");
+    assert!(v.to_string().contains("did not answer"), "{v}");
+    let members = wait_for(
+        "the learner to be taken out",
+        Duration::from_secs(10),
+        || {
+            let s = c.status(0)?;
+            let m = s["members"].as_array()?.clone();
+            (m.len() == 3).then_some(m)
+        },
+    );
+    assert!(members.iter().all(|m| m["role"] == "voter"), "{members:?}");
+}

@@ -106,6 +106,10 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// How long a joining node has to answer the leader at all, and then to catch up.
+const JOIN_CONTACT: Duration = Duration::from_secs(5);
+const JOIN_CATCH_UP: Duration = Duration::from_secs(120);
+
 fn raft_error<E>(e: RaftError<super::types::TypeConfig, E>) -> ClusterError
 where
     E: std::fmt::Display
@@ -179,7 +183,25 @@ impl Node {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ClusterError>>,
     {
-        let deadline = Instant::now() + self.request_timeout;
+        self.on_leader_within(self.request_timeout, path, body, local)
+            .await
+    }
+
+    /// `on_leader` for work that may take longer than a request (`limit` for the answer).
+    async fn on_leader_within<Req, T, F, Fut>(
+        &self,
+        limit: Duration,
+        path: &str,
+        body: &Req,
+        local: F,
+    ) -> Result<T, ClusterError>
+    where
+        Req: Serialize + ?Sized,
+        T: DeserializeOwned,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ClusterError>>,
+    {
+        let deadline = Instant::now() + limit;
         loop {
             let outcome = match self.route(deadline).await? {
                 Route::Me => local().await,
@@ -258,19 +280,32 @@ impl Node {
 
     /// Leader side of ReadIndex: confirms leadership with a quorum and returns the index a
     /// reader must have applied.
+    ///
+    /// openraft's read index is max(this term's no-op, the commit index this node knows). A
+    /// leader killed and restarted within the election timeout resumes its term without a new
+    /// no-op, and the commit index it knows is the persisted hint, which may lag what it had
+    /// committed (and acknowledged) before the crash: a read at that index could miss an
+    /// acknowledged write (found by the kill -9 torture test). Every acknowledged write is in
+    /// this leader's log, so the last log index is a safe bound: a read waits until this
+    /// leader's log up to here is applied.
     pub async fn read_index_here(&self) -> Result<u64, ClusterError> {
         let read = self
             .raft
             .ensure_linearizable(ReadPolicy::ReadIndex)
             .await
             .map_err(raft_error)?;
-        Ok(read.index())
+        let last_log = self.metrics().last_log_index.unwrap_or(0);
+        Ok(read.index().max(last_log))
     }
 
     /// Adds a node as a learner, lets it catch up, then promotes it to voter.
     pub async fn join(&self, req: JoinRequest) -> Result<(), ClusterError> {
-        self.on_leader("/internal/join", &req, || self.join_here(req.clone()))
-            .await
+        // Adding a learner waits for it to catch up (bounded in `wait_caught_up`).
+        let limit = self.request_timeout + JOIN_CONTACT + JOIN_CATCH_UP;
+        self.on_leader_within(limit, "/internal/join", &req, || {
+            self.join_here(req.clone())
+        })
+        .await
     }
 
     pub async fn join_here(&self, req: JoinRequest) -> Result<(), ClusterError> {
@@ -314,15 +349,57 @@ impl Node {
             )));
         }
         tracing::info!(node = %id, addr = %member.raft_addr, "adding learner");
-        self.raft
-            .add_learner(id.clone(), member, true)
+        let addr = member.raft_addr.clone();
+        let added = self
+            .raft
+            .add_learner(id.clone(), member, false)
             .await
             .map_err(raft_error)?;
+        // openraft's own wait counts a learner that never answered as caught up while the log
+        // is shorter than its lag threshold: wait for the learner's answers here instead, and
+        // take it out again when it does not answer, so a typo never becomes a dead voter.
+        if let Err(why) = self.wait_caught_up(&id, added.log_id.index()).await {
+            tracing::warn!(node = %id, addr = %addr, reason = %why, "learner did not catch up; removing it");
+            let _ = self
+                .raft
+                .change_membership(
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id.clone()])),
+                    false,
+                )
+                .await;
+            return Err(ClusterError::Refused(format!(
+                "node {id} at {addr} {why}; check that it runs with -raft {addr} and that this \
+                 address is reachable from the leader, then join again"
+            )));
+        }
         tracing::info!(node = %id, "promoting learner to voter");
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(raft_error)?;
+        Ok(())
+    }
+
+    /// Waits until learner `id` has every entry up to `index`: first contact within
+    /// `JOIN_CONTACT`, then catching up within `JOIN_CATCH_UP` (a snapshot over Wi-Fi is slow).
+    async fn wait_caught_up(&self, id: &NodeId, index: u64) -> Result<(), String> {
+        let matched = |m: &RaftMetrics| -> Option<u64> {
+            let log = m.replication.as_ref()?.get(id)?.as_ref()?;
+            Some(log.index())
+        };
+        self.raft
+            .wait(Some(JOIN_CONTACT))
+            .metrics(|m| matched(m).is_some(), "learner answers")
+            .await
+            .map_err(|_| format!("did not answer within {} s", JOIN_CONTACT.as_secs()))?;
+        self.raft
+            .wait(Some(JOIN_CATCH_UP))
+            .metrics(
+                |m| matched(m).is_some_and(|i| i >= index),
+                "learner caught up",
+            )
+            .await
+            .map_err(|_| format!("did not catch up to index {index} within 2 minutes"))?;
         Ok(())
     }
 
