@@ -369,6 +369,17 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         if !seen.insert(p.id.clone()) {
             problems.push(format!("printers[{i}].id: {:?} is declared twice", p.id));
         }
+        // The same checks the state machine makes when the printer is registered.
+        let new = crate::domain::NewPrinter {
+            id: Some(crate::domain::RawId::Text(p.id.clone())),
+            company: p.company.clone(),
+            model: p.model.clone(),
+            node_id: Some(crate::domain::RawId::Text("check".into())),
+            connection: Some(p.connection.clone()),
+        };
+        if let Err(e) = new.into_printer(p.id.clone(), "1970-01-01T00:00:00Z") {
+            problems.push(format!("printers[{i}] ({}): {e}", p.id));
+        }
     }
     let secret = args.cluster_secret.clone().or(file.cluster_secret.clone());
     if secret.as_deref().is_some_and(|s| s.len() < 8) {
@@ -456,6 +467,28 @@ mod tests {
         for key in ["id:", "raft:", "http:", "bootstrap:"] {
             assert!(text.contains(key), "missing {key} in {text}");
         }
+    }
+
+    #[test]
+    fn invalid_printers_are_reported_with_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        let text = "id = \"node1\"\nraft = \"127.0.0.1:7000\"\nbootstrap = true\n\
+            [[printers]]\nid = \"v1\"\ncompany = \"Raft3D\"\nmodel = \"Virtual\"\n\
+            connection = { kind = \"virtual\", speed = -1 }\n\
+            [[printers]]\nid = \"b1\"\ncompany = \"\"\nmodel = \"P1S\"\n\
+            connection = { kind = \"bambu\", host = \"10.0.0.5\", serial = \"\" }\n";
+        std::fs::write(&p, text).unwrap();
+        let args = RunArgs {
+            config: Some(p),
+            ..Default::default()
+        };
+        let text = settings(&args).unwrap_err().join("\n");
+        assert!(
+            text.contains("printers[0] (v1): connection.speed"),
+            "{text}"
+        );
+        assert!(text.contains("printers[1] (b1)"), "{text}");
     }
 
     #[test]

@@ -61,6 +61,12 @@ fn raft_config(s: &Settings) -> Result<openraft::Config, ServerError> {
         install_snapshot_timeout: 120_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_threshold),
         max_in_snapshot_log_to_keep: 1000,
+        // A leader killed and restarted before anyone noticed must win a new election, as in
+        // standard Raft. Resuming its old term lost acknowledged writes and let replicas
+        // diverge in the kill -9 torture test: entries a follower quorum had committed were
+        // missing from the leader's own disk, and it wrote different ones under the same log
+        // ids. The cost is one election (well under a second) after a leader restart.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

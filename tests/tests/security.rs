@@ -8,6 +8,28 @@ use std::time::Duration;
 use serde_json::json;
 use support::{post, Cluster};
 
+const CODE: &str = "87654321";
+
+fn bambu_printer() -> serde_json::Value {
+    json!({"id": "x1", "company": "Bambu Lab", "model": "X1C", "node_id": "spare-pi", "connection": {
+        "kind": "bambu", "host": "127.0.0.1", "serial": "01S00A000000001", "access_code": CODE,
+        "ca_file": "/etc/raft3d/bambu-ca.pem"}})
+}
+
+/// `GET /cluster/snapshot` with an optional secret header: (status, body bytes).
+fn backup(c: &Cluster, secret: Option<&str>) -> (u16, Vec<u8>) {
+    let mut req = reqwest::blocking::Client::new().get(c.nodes[0].url("/cluster/snapshot"));
+    if let Some(s) = secret {
+        req = req.header("x-raft3d-secret", s);
+    }
+    let r = req.send().unwrap();
+    (r.status().as_u16(), r.bytes().unwrap().to_vec())
+}
+
+fn holds(bytes: &[u8], text: &str) -> bool {
+    bytes.windows(text.len()).any(|w| w == text.as_bytes())
+}
+
 #[test]
 fn peers_and_membership_need_the_secret() {
     let c = Cluster::new(3).with_args(&["--cluster-secret", "s3cret-farm-key"]);
@@ -41,6 +63,15 @@ fn peers_and_membership_need_the_secret() {
     .unwrap();
     assert_eq!(code, 201);
     c.wait_voters(3, Duration::from_secs(5));
+
+    // A backup is an admin call: it needs the secret, and then holds the printer secrets a
+    // restore needs.
+    let (code, _) = post(&c.nodes[0].url("/api/v1/printers"), &bambu_printer()).unwrap();
+    assert_eq!(code, 201);
+    assert_eq!(backup(&c, None).0, 401);
+    let (code, bytes) = backup(&c, Some("s3cret-farm-key"));
+    assert_eq!(code, 200);
+    assert!(holds(&bytes, CODE), "a full backup keeps the access code");
 }
 
 #[test]
@@ -55,4 +86,16 @@ fn without_a_secret_the_node_warns_and_old_commands_work() {
     )
     .unwrap();
     assert_eq!(code, 201);
+
+    // Without a secret anyone may take a backup, so it leaves the printer secrets out.
+    let (code, v) = post(&c.nodes[0].url("/api/v1/printers"), &bambu_printer()).unwrap();
+    assert_eq!(code, 201, "{v}");
+    assert!(!v.to_string().contains(CODE), "{v}");
+    let (code, bytes) = backup(&c, None);
+    assert_eq!(code, 200);
+    assert!(!holds(&bytes, CODE), "the backup leaks the access code");
+    assert!(
+        holds(&bytes, "01S00A000000001"),
+        "the rest of the printer is there"
+    );
 }

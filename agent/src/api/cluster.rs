@@ -211,13 +211,20 @@ pub async fn transfer_leader(
 }
 
 /// `GET /cluster/snapshot`: a consistent backup of the farm in the snapshot file format.
-pub async fn backup(State(node): State<Arc<Node>>) -> Result<axum::response::Response, ApiError> {
+pub async fn backup(
+    State(node): State<Arc<Node>>,
+    with_secrets: bool,
+) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     node.linearize().await?;
-    let (meta, bytes) = node
-        .sm
-        .encode_current()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
+    let storage = |e: std::io::Error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+    };
+    let (meta, bytes) = if with_secrets {
+        node.sm.encode_current().map_err(storage)?
+    } else {
+        node.sm.encode_current_redacted().map_err(storage)?
+    };
     let index = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
     let disposition = format!("attachment; filename=\"raft3d-backup-{index}.snap\"");
     Ok((

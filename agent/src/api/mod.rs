@@ -68,8 +68,15 @@ async fn method_not_allowed() -> ApiError {
 pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
     let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
     let scrape = http_metrics.clone();
+    // A backup holds printer secrets only for a caller that proved it knows the cluster
+    // secret; without a configured secret it leaves them out, as every other route does.
+    let with_secrets = secret.is_some();
     let membership = Router::new()
         .route("/join", post(cluster::join))
+        .route(
+            "/cluster/snapshot",
+            get(move |state| cluster::backup(state, with_secrets)).post(cluster::snapshot_now),
+        )
         .route("/cluster/servers", axum::routing::delete(cluster::remove))
         .route("/cluster/transfer-leader", post(cluster::transfer_leader))
         .layer(middleware::from_fn_with_state(secret, require_secret));
@@ -93,10 +100,6 @@ pub fn router(node: Arc<Node>, secret: Option<Arc<str>>) -> Router {
         .route("/cluster/status", get(cluster::status))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
-        .route(
-            "/cluster/snapshot",
-            get(cluster::backup).post(cluster::snapshot_now),
-        )
         .route(
             "/metrics",
             get(move |State(node): State<Arc<Node>>| {

@@ -256,11 +256,19 @@ impl Node {
 
     /// Leader side of a proposal.
     pub async fn propose_here(&self, proposal: Proposal) -> Result<ApplyResult, ClusterError> {
-        self.raft
-            .client_write(proposal)
-            .await
-            .map(|r| r.data)
-            .map_err(raft_error)
+        match self.raft.client_write(proposal).await {
+            Ok(r) => Ok(r.data),
+            // The entry was appended, then dropped when this node took another leader's log:
+            // it may still commit. Retrying could apply the write twice, so the caller learns
+            // that the outcome is unknown instead.
+            Err(RaftError::APIError(openraft::errors::ClientWriteError::LogEntryDiscarded(f))) => {
+                Err(ClusterError::OutcomeUnknown(format!(
+                    "leadership changed while the write was in flight (new leader: {:?})",
+                    f.leader_id
+                )))
+            }
+            Err(e) => Err(raft_error(e)),
+        }
     }
 
     /// Waits until this node's replica reflects every write committed before the call
@@ -281,13 +289,13 @@ impl Node {
     /// Leader side of ReadIndex: confirms leadership with a quorum and returns the index a
     /// reader must have applied.
     ///
-    /// openraft's read index is max(this term's no-op, the commit index this node knows). A
-    /// leader killed and restarted within the election timeout resumes its term without a new
-    /// no-op, and the commit index it knows is the persisted hint, which may lag what it had
-    /// committed (and acknowledged) before the crash: a read at that index could miss an
-    /// acknowledged write (found by the kill -9 torture test). Every acknowledged write is in
-    /// this leader's log, so the last log index is a safe bound: a read waits until this
-    /// leader's log up to here is applied.
+    /// openraft's read index is max(this term's no-op, the commit index this node knows). That
+    /// is only safe while the no-op proves the commit index: a leader that resumed its term
+    /// after a restart (openraft's leader restore, now turned off in `server::raft_config`)
+    /// knows only the persisted commit hint, and a read at it missed acknowledged writes in
+    /// the kill -9 torture test. As a second guard the index is at least the leader's last log
+    /// index: every acknowledged write is in the leader's log, so a read then waits for
+    /// in-flight writes too (one replication round at most).
     pub async fn read_index_here(&self) -> Result<u64, ClusterError> {
         let read = self
             .raft
@@ -350,11 +358,24 @@ impl Node {
         }
         tracing::info!(node = %id, addr = %member.raft_addr, "adding learner");
         let addr = member.raft_addr.clone();
-        let added = self
-            .raft
-            .add_learner(id.clone(), member, false)
-            .await
-            .map_err(raft_error)?;
+        // A membership change still committing (a node that has just joined) is waited out.
+        let deadline = Instant::now() + self.request_timeout;
+        let added = loop {
+            match self
+                .raft
+                .add_learner(id.clone(), member.clone(), false)
+                .await
+            {
+                Err(RaftError::APIError(
+                    openraft::errors::ClientWriteError::ChangeMembershipError(
+                        openraft::errors::ChangeMembershipError::InProgress(_),
+                    ),
+                )) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r.map_err(raft_error)?,
+            }
+        };
         // openraft's own wait counts a learner that never answered as caught up while the log
         // is shorter than its lag threshold: wait for the learner's answers here instead, and
         // take it out again when it does not answer, so a typo never becomes a dead voter.

@@ -66,6 +66,13 @@ impl FarmState {
     pub fn printers(&self) -> impl Iterator<Item = &Printer> {
         self.printers.values()
     }
+    /// Replaces every printer secret (access codes, passwords) with a placeholder.
+    pub fn redact_secrets(&mut self) {
+        for p in self.printers.values_mut() {
+            *p = p.redacted();
+        }
+    }
+
     pub fn printer(&self, id: &str) -> Option<&Printer> {
         self.printers.get(id)
     }

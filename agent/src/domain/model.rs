@@ -161,12 +161,32 @@ impl Connection {
                     return Err(bad("baud", "must be a positive baud rate, e.g. 115200"));
                 }
             }
-            Connection::Bambu { host, serial, .. } => {
+            Connection::Bambu {
+                host,
+                serial,
+                access_code,
+                ca_file,
+                insecure_tls,
+                ..
+            } => {
                 if host.trim().is_empty() {
                     return Err(bad("host", "must be the printer's address"));
                 }
                 if serial.trim().is_empty() {
                     return Err(bad("serial", "must be the printer's serial number"));
+                }
+                if access_code.as_deref().is_none_or(|c| c.trim().is_empty()) {
+                    return Err(bad(
+                        "access_code",
+                        "is required: the LAN access code shown on the printer's screen",
+                    ));
+                }
+                if ca_file.is_none() && !insecure_tls {
+                    return Err(bad(
+                        "ca_file",
+                        "is required: the PEM file of the CA that issued the printer's certificate \
+                         (or insecure_tls = true to skip certificate checks, not recommended)",
+                    ));
                 }
             }
             Connection::Moonraker {

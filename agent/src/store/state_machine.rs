@@ -142,6 +142,21 @@ impl StateMachine {
         Ok((meta, bytes))
     }
 
+    /// `encode_current` with printer access codes and passwords replaced, for a backup taken
+    /// by a caller that has not shown the cluster secret.
+    pub fn encode_current_redacted(&self) -> io::Result<(SnapshotMeta, Vec<u8>)> {
+        let replica = self.read();
+        let meta = SnapshotMeta {
+            last_log_id: replica.last_applied.clone(),
+            last_membership: replica.membership.clone(),
+        };
+        let mut farm = replica.farm.clone();
+        drop(replica);
+        farm.redact_secrets();
+        let bytes = snapshot_file::encode(&meta, &farm)?;
+        Ok((meta, bytes))
+    }
+
     fn replace(&self, meta: &SnapshotMeta, farm: FarmState) {
         let mut r = self
             .shared
