@@ -148,3 +148,24 @@ fn no_leader_answers_503_after_a_bounded_wait_and_sigterm_stops_promptly() {
     let took = c.node(b).terminate();
     assert!(took < Duration::from_secs(8), "SIGTERM took {took:?}");
 }
+
+/// A leader killed and restarted at once must not resume its old term: entries a follower
+/// quorum committed may be missing from its own disk, and writing new ones under the same log
+/// ids made the replicas diverge (found by the torture test). It has to win a new election.
+#[test]
+fn a_leader_restarted_at_once_needs_a_new_election() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let term = c.status(leader).unwrap()["term"].as_u64().unwrap();
+    c.node(leader).kill9();
+    c.node(leader).spawn(&[]);
+    let s = wait_for("a leader after the restart", Duration::from_secs(20), || {
+        (0..3)
+            .filter_map(|i| c.status(i))
+            .find(|s| s["is_leader"] == true)
+    });
+    assert!(
+        s["term"].as_u64().unwrap() > term,
+        "leadership came back in term {term} without an election: {s}"
+    );
+}
