@@ -159,11 +159,15 @@ fn a_leader_restarted_at_once_needs_a_new_election() {
     let term = c.status(leader).unwrap()["term"].as_u64().unwrap();
     c.node(leader).kill9();
     c.node(leader).spawn(&[]);
-    let s = wait_for("a leader after the restart", Duration::from_secs(20), || {
-        (0..3)
-            .filter_map(|i| c.status(i))
-            .find(|s| s["is_leader"] == true)
-    });
+    let s = wait_for(
+        "a leader after the restart",
+        Duration::from_secs(20),
+        || {
+            (0..3)
+                .filter_map(|i| c.status(i))
+                .find(|s| s["is_leader"] == true)
+        },
+    );
     assert!(
         s["term"].as_u64().unwrap() > term,
         "leadership came back in term {term} without an election: {s}"

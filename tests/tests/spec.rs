@@ -128,6 +128,7 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         ("/api/v1/print_jobs", "{\"printer_id\": \"nope\", \"filament_id\": \"f\", \"filepath\": \"a\", \"print_weight_in_grams\": 1}", 404, "printer 'nope'"),
         ("/api/v1/print_jobs", "{\"printer_id\": \"p\", \"filament_id\": \"f\", \"filepath\": \"a\", \"print_weight_in_grams\": 0}", 400, "greater than 0"),
         ("/api/v1/printers", "{\"id\": \"bad id/..\", \"company\": \"A\", \"model\": \"B\"}", 400, "id"),
+        ("/api/v1/printers", "{\"id\": 4.5, \"company\": \"A\", \"model\": \"B\"}", 400, "id: must be a string or a whole number"),
     ];
     for (path, body, want, needle) in cases {
         let (code, v) = post_raw(&n.url(path), body.to_string()).unwrap();
@@ -141,6 +142,9 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
             msg.contains(needle),
             "message {msg:?} should mention {needle:?}"
         );
+        // Written for a person: no serde type names, no field named twice.
+        assert!(!msg.contains("enum"), "{msg}");
+        assert!(!msg.contains(&format!("{needle}: {needle}:")), "{msg}");
     }
     let (code, v) = post_raw(&n.url("/api/v1/printers"), vec![b'x'; 100_000]).unwrap();
     assert_eq!(code, 413, "{v}");

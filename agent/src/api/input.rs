@@ -48,13 +48,28 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_field",
-                format!("{path}: {inner}"),
+                field_message(&path, &inner.to_string()),
             )
         }
     })?;
     de.end()
         .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
     Ok(value)
+}
+
+/// `path: message`, without serde's internal type names and without naming the field twice
+/// (the domain's own messages already start with it).
+fn field_message(path: &str, inner: &str) -> String {
+    let inner = if inner.contains("untagged enum RawId") {
+        "must be a string or a whole number (ids are kept as strings)"
+    } else {
+        inner
+    };
+    if inner.starts_with(&format!("{path}: ")) {
+        inner.to_string()
+    } else {
+        format!("{path}: {inner}")
+    }
 }
 
 /// Query options of read routes; unknown keys are ignored so cache-busters do no harm.

@@ -62,10 +62,8 @@ pub struct StatusQuery {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum StatusBody {
-    Object { status: String },
-    Bare(String),
+struct StatusBody {
+    status: String,
 }
 
 /// `POST /api/v1/print_jobs/{id}/status?status=running` (or a JSON body `{"status": ...}`).
@@ -83,8 +81,14 @@ pub async fn set_status(
                 "status: missing; use ?status=running or a body {\"status\": \"running\"}",
             ))
         }
-        None => match json::<StatusBody>(&b)? {
-            StatusBody::Object { status } | StatusBody::Bare(status) => status,
+        None => match json::<serde_json::Value>(&b)? {
+            serde_json::Value::String(status) => status,
+            v => match serde_json::from_value::<StatusBody>(v) {
+                Ok(StatusBody { status }) => status,
+                Err(_) => return Err(ApiError::bad_request(
+                    "status: send {\"status\": \"running\"} (or done, canceled) or ?status=running",
+                )),
+            },
         },
     };
     let status: JobStatus = raw.parse()?;

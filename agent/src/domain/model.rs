@@ -416,7 +416,7 @@ impl std::str::FromStr for JobStatus {
             "failed" => Ok(JobStatus::Failed),
             _ => Err(DomainError::InvalidField {
                 field: "status".into(),
-                message: format!("must be one of Queued, Running, Done, Canceled (got {s:?})"),
+                message: format!("must be one of Queued, Running, Done, Canceled, Failed (got {s:?}; Failed is set by the printer's agent)"),
             }),
         }
     }
