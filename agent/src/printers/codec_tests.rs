@@ -389,3 +389,83 @@ fn advanced_ok_opens_a_window_keeping_a_slot_free() {
     assert_eq!(s.in_flight(), 1);
     assert_eq!(std::iter::from_fn(|| tx(&mut s)).count(), 1);
 }
+
+mod fuzz {
+    //! Random input for the codec: whatever bytes a printer sends and whatever lines a file
+    //! holds, nothing panics, framed lines stay valid, and the default sender never has more
+    //! than one command in flight.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines a printer might send, mixed with noise.
+    fn printer_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("ok".to_string()),
+            (0u64..40).prop_map(|n| format!("ok N{n} P15 B3")),
+            (0u64..40).prop_map(|n| format!("Resend: {n}")),
+            (0u64..40).prop_map(|n| format!("rs {n}")),
+            Just("echo:busy: processing".to_string()),
+            Just("wait".to_string()),
+            Just("start".to_string()),
+            Just("Error:Printer halted. kill() called!".to_string()),
+            Just("!! Move out of range".to_string()),
+            Just("T:210.0 /210.0 B:60.0 /60.0 @:127 B@:0".to_string()),
+            Just("//action:pause".to_string()),
+            Just("Cap:AUTOREPORT_TEMP:1".to_string()),
+            "\\PC{0,120}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_from_the_printer_parse_without_panic(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 0..20)) {
+            let mut a = LineAssembler::default();
+            for c in &chunks {
+                for line in a.push(c) {
+                    let _ = parse_line(&line);
+                }
+            }
+        }
+
+        #[test]
+        fn any_file_line_is_framed_valid_or_refused(raw in "\\PC{0,200}", n in 0u64..10_000_000) {
+            if let Ok(Some(cmd)) = clean_line(&raw) {
+                if let Ok(bytes) = frame(n, &cmd) {
+                    prop_assert!(bytes.len() <= MAX_LINE_BYTES, "{} bytes", bytes.len());
+                    prop_assert!(bytes.is_ascii());
+                    prop_assert_eq!(bytes.last(), Some(&b'\n'));
+                    let text = String::from_utf8_lossy(&bytes);
+                    let star = text.rfind('*').expect("checksum separator");
+                    let sum: u8 = text[star + 1..].trim_end().parse().expect("decimal checksum");
+                    prop_assert_eq!(sum, checksum(&bytes[..star]));
+                }
+            }
+        }
+
+        #[test]
+        fn the_sender_survives_any_printer_and_keeps_one_line_in_flight(
+            lines in prop::collection::vec(printer_line(), 0..120),
+            commands in 1usize..60,
+        ) {
+            let mut s = Sender::new(SenderConfig::default());
+            let mut fed = 0;
+            let mut now = 0;
+            for l in &lines {
+                while s.wants_command() && fed < commands {
+                    let _ = s.next_command(format!("G1 X{fed} Y{fed}"));
+                    fed += 1;
+                }
+                if fed == commands {
+                    s.end_of_input();
+                }
+                while s.poll_transmit().is_some() {}
+                prop_assert!(s.in_flight() <= 1, "{} in flight", s.in_flight());
+                for ev in parse_line(l) {
+                    s.on_event(&ev);
+                }
+                now += 700;
+                s.on_tick(now);
+            }
+        }
+    }
+}
