@@ -100,11 +100,22 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Resul
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt {what}: {e}")))
 }
 
+/// redb's page cache, capped: its default (1 GiB) would let the cache grow past a Pi's memory.
+/// The log is purged after every snapshot, so a few MiB hold its working set.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+fn open_db(dir: &Path) -> io::Result<Database> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(dir.join("raft-log.redb"))
+        .map_err(other)
+}
+
 impl LogStore {
     /// Opens (or creates) `<dir>/raft-log.redb` and starts the writer thread.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("raft-log.redb")).map_err(other)?;
+        let db = open_db(dir)?;
         let mut memory = Memory::default();
         {
             let w = db.begin_write().map_err(other)?;
@@ -158,7 +169,7 @@ impl LogStore {
 
     /// Prepares an empty log that starts after `purged` with `vote` (used by restore).
     pub fn seed(dir: &Path, purged: &LogId, vote: &Vote) -> io::Result<()> {
-        let db = Database::create(dir.join("raft-log.redb")).map_err(other)?;
+        let db = open_db(dir)?;
         let w = db.begin_write().map_err(other)?;
         {
             let mut meta = w.open_table(META).map_err(other)?;
