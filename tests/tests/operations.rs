@@ -426,4 +426,13 @@ fn a_join_with_an_address_nobody_answers_is_refused_and_changes_nothing() {
         },
     );
     assert!(members.iter().all(|m| m["role"] == "voter"), "{members:?}");
+    // Unknown members are a 404, like every other unknown id.
+    let (code, v) = delete(&c.nodes[0].url("/cluster/servers?id=node9")).unwrap();
+    assert_eq!(
+        (code, v["error"]["code"].clone()),
+        (404, json!("unknown_member")),
+        "{v}"
+    );
+    let (code, v) = post_raw(&c.nodes[2].url("/cluster/transfer-leader?to=node9"), "").unwrap();
+    assert_eq!(code, 404, "{v}");
 }

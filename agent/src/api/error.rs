@@ -73,6 +73,7 @@ impl From<ClusterError> for ApiError {
             ClusterError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             ClusterError::Refused(_) => (StatusCode::CONFLICT, "refused"),
             ClusterError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ClusterError::UnknownMember(_) => (StatusCode::NOT_FOUND, "unknown_member"),
         };
         ApiError::new(status, code, e.to_string())
     }

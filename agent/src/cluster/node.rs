@@ -39,6 +39,9 @@ pub enum ClusterError {
     Refused(String),
     #[error("{0}")]
     Invalid(String),
+    /// The named node is not a member (or not a voter) of this cluster.
+    #[error("{0}")]
+    UnknownMember(String),
 }
 
 /// Answer of a leader to a forwarded call.
@@ -476,8 +479,8 @@ impl Node {
                 .await
                 .map_err(raft_error)?;
         } else {
-            return Err(ClusterError::Invalid(format!(
-                "node {id} is not a member of this cluster"
+            return Err(ClusterError::UnknownMember(format!(
+                "node {id} is not a member of this cluster; GET /cluster/status lists the members"
             )));
         }
         self.propose_here(Proposal {
@@ -507,8 +510,8 @@ impl Node {
             Some(t) => {
                 let t = NodeId(t);
                 if !voters.contains(&t) {
-                    return Err(ClusterError::Invalid(format!(
-                        "{t} is not a voter of this cluster"
+                    return Err(ClusterError::UnknownMember(format!(
+                        "{t} is not a voter of this cluster; GET /cluster/status lists the voters"
                     )));
                 }
                 t
