@@ -2,4 +2,5 @@
 //! the tests in `tests/` and by the `loadgen` benchmark binary.
 
 pub mod linearizability;
+pub mod seeded;
 pub mod support;

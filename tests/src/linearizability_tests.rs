@@ -404,20 +404,7 @@ fn check_keys_counts_and_separates_keys() {
     assert!(r.inconclusive.is_empty());
 }
 
-/// A small deterministic generator for the random histories below.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::seeded::SeededRng as Rng;
 
 /// Every order of every subset-with-all-known-ops, respecting real time: the definition.
 fn brute_force<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>]) -> bool {
@@ -461,7 +448,7 @@ fn brute_force<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>]) -> b
 
 #[test]
 fn random_job_histories_agree_with_brute_force() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let statuses = [
         JobState::Queued,
         JobState::Running,
@@ -509,7 +496,7 @@ fn random_job_histories_agree_with_brute_force() {
 
 #[test]
 fn random_spool_histories_agree_with_brute_force() {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let (mut yes, mut no) = (0, 0);
     for _ in 0..3000 {
         let n = 1 + rng.below(6) as usize;

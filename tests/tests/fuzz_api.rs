@@ -9,25 +9,9 @@
 
 use std::time::Duration;
 
+use raft3d_tests::seeded::SeededRng as Rng;
 use raft3d_tests::support::Cluster;
 use serde_json::{json, Value};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 const IDS: &[&str] = &[
     "p1",
@@ -64,9 +48,9 @@ const FIELDS: &[&str] = &[
 ];
 
 fn value(rng: &mut Rng, depth: u32) -> Value {
-    match rng.below(if depth > 2 { 10 } else { 13 }) {
+    match rng.index(if depth > 2 { 10 } else { 13 }) {
         0 => Value::Null,
-        1 => json!(rng.below(2) == 0),
+        1 => json!(rng.index(2) == 0),
         2 => json!(0),
         3 => json!(-1),
         4 => json!(1e308),
@@ -81,9 +65,9 @@ fn value(rng: &mut Rng, depth: u32) -> Value {
             "RUNNING",
             "Failed"
         ])),
-        8 => json!("x".repeat(rng.below(3) * 200)),
+        8 => json!("x".repeat(rng.index(3) * 200)),
         9 => json!(*rng.pick(IDS)),
-        10 => Value::Array((0..rng.below(3)).map(|_| value(rng, depth + 1)).collect()),
+        10 => Value::Array((0..rng.index(3)).map(|_| value(rng, depth + 1)).collect()),
         11 => {
             json!({"kind": *rng.pick(&["serial", "virtual", "bambu", "moonraker", "telnet"]),
                    "speed": value(rng, depth + 1), "port": value(rng, depth + 1)})
@@ -94,14 +78,14 @@ fn value(rng: &mut Rng, depth: u32) -> Value {
 
 fn object(rng: &mut Rng, depth: u32) -> Value {
     let mut m = serde_json::Map::new();
-    for _ in 0..rng.below(7) {
+    for _ in 0..rng.index(7) {
         m.insert(rng.pick(FIELDS).to_string(), value(rng, depth + 1));
     }
     Value::Object(m)
 }
 
 fn body(rng: &mut Rng) -> Vec<u8> {
-    match rng.below(8) {
+    match rng.index(8) {
         0 => Vec::new(),
         1 => vec![0xff, 0xfe, b'{', 0xc3, 0x28, b'}'],
         2 => vec![b'['; 70 * 1024],
@@ -113,7 +97,7 @@ fn body(rng: &mut Rng) -> Vec<u8> {
 
 fn path(rng: &mut Rng) -> String {
     let id = rng.pick(IDS);
-    let p = match rng.below(14) {
+    let p = match rng.index(14) {
         0 => "/api/v1/printers".to_string(),
         1 => format!("/api/v1/printers/{id}"),
         2 => format!("/api/v1/printers/{id}/status"),
@@ -132,7 +116,7 @@ fn path(rng: &mut Rng) -> String {
         12 => "/cluster/transfer-leader".to_string(),
         _ => "/api/v2/printers".to_string(),
     };
-    match rng.below(5) {
+    match rng.index(5) {
         0 => format!(
             "{p}?status={}",
             rng.pick(&["queued", "\"running\"", "done", "bogus", "", "%FF"])
@@ -197,7 +181,7 @@ fn random_requests_get_clean_errors_and_rejected_ones_change_nothing() {
         assert_eq!(r.status().as_u16(), 201);
     }
 
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut hash = state_hash(&base, &http);
     let (mut rejected, mut accepted) = (0, 0);
     for i in 0..requests {

@@ -101,25 +101,27 @@ fn remaining_everywhere(c: &Cluster) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn a_moonraker_print_ends_done_once_and_cancels_reach_both_ways() {
+/// A broker and a simulated Klipper printer `voron` whose prints take `print_time`, and the
+/// printer's connection as a TOML inline table. The runtime must outlive the test.
+fn moonraker(print_time: Duration) -> (tokio::runtime::Runtime, FakeBroker, FakeMoonraker, String) {
     let rt = runtime();
     let (broker, fake) = rt.block_on(async {
         let b = FakeBroker::start(BrokerConfig::default())
             .await
             .expect("broker");
-        let f = FakeMoonraker::start(
-            b.plain_port,
-            "voron",
-            &["cube.gcode"],
-            Duration::from_secs(2),
-        );
+        let f = FakeMoonraker::start(b.plain_port, "voron", &["cube.gcode"], print_time);
         (b, f)
     });
     let conn = format!(
         "{{ kind = \"moonraker\", broker = \"127.0.0.1:{}\", instance = \"voron\" }}",
         broker.plain_port
     );
+    (rt, broker, fake, conn)
+}
+
+#[test]
+fn a_moonraker_print_ends_done_once_and_cancels_reach_both_ways() {
+    let (_rt, broker, fake, conn) = moonraker(Duration::from_secs(2));
     let c = farm(1, "voron", &conn);
 
     create_and_run(&c, "m1", "voron", 5.02);
@@ -225,23 +227,7 @@ fn a_bambu_print_over_tls_ends_done_and_the_access_code_stays_secret() {
 
 #[test]
 fn a_dead_supervisor_hands_its_printer_over_and_the_job_still_ends_done_once() {
-    let rt = runtime();
-    let (broker, fake) = rt.block_on(async {
-        let b = FakeBroker::start(BrokerConfig::default())
-            .await
-            .expect("broker");
-        let f = FakeMoonraker::start(
-            b.plain_port,
-            "voron",
-            &["cube.gcode"],
-            Duration::from_secs(8),
-        );
-        (b, f)
-    });
-    let conn = format!(
-        "{{ kind = \"moonraker\", broker = \"127.0.0.1:{}\", instance = \"voron\" }}",
-        broker.plain_port
-    );
+    let (_rt, broker, fake, conn) = moonraker(Duration::from_secs(8));
     let mut c = farm(1, "voron", &conn);
 
     create_and_run(&c, "t1", "voron", 5.02);

@@ -20,6 +20,7 @@ use raft3d_tests::linearizability::{
     check_keys, JobInput, JobModel, JobOutput, JobState, Operation, SpoolInput, SpoolModel,
     SpoolOutput,
 };
+use raft3d_tests::seeded::SeededRng as Rng;
 use raft3d_tests::support::{wait_for, Cluster};
 use serde_json::{json, Value};
 
@@ -31,18 +32,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A small deterministic generator (no seed from the clock: a failing run can be repeated).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// What a request came to.
@@ -211,7 +200,7 @@ impl Worker {
     /// One job's life: create, run, then done or canceled, then a read; a job left `Running`
     /// by lost answers is canceled so the printer is free for the next one.
     fn run(&mut self, stop: &AtomicBool) {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (self.id as u64 + 1));
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15 ^ (self.id as u64 + 1));
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) {
             n += 1;
@@ -298,7 +287,7 @@ fn kill9_cycles_lose_no_acknowledged_write_and_histories_are_linearizable() {
         })
         .collect();
 
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let mut kills = Vec::new();
     for cycle in 0..cycles {
         std::thread::sleep(Duration::from_millis(400 + rng.below(600)));
