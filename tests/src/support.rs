@@ -201,15 +201,28 @@ impl Cluster {
     }
 
     pub fn wait_voters(&self, n: usize, limit: Duration) {
-        wait_for(&format!("{n} voters"), limit, || {
-            let s = self.status(0).or_else(|| self.status(1))?;
-            let voters = s["members"]
-                .as_array()?
-                .iter()
-                .filter(|m| m["role"] == "voter")
-                .count();
-            (voters == n && !s["leader"].is_null()).then_some(())
-        })
+        let deadline = Instant::now() + limit;
+        loop {
+            let formed = (|| {
+                let s = self.status(0).or_else(|| self.status(1))?;
+                let voters = s["members"]
+                    .as_array()?
+                    .iter()
+                    .filter(|m| m["role"] == "voter")
+                    .count();
+                (voters == n && !s["leader"].is_null()).then_some(())
+            })();
+            if formed.is_some() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {limit:?} waiting for {n} voters; node logs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Adds a node (not started) sharing the cluster's temp dir.

@@ -56,22 +56,37 @@ fn an_unresponsive_member_is_detected_logged_and_shown() {
     let leader = c.wait_leader(Duration::from_secs(10));
     let victim = (leader + 1) % 3;
     let victim_id = c.nodes[victim].id.clone();
+    // Only what the leader logs after the kill counts (a member still joining at start-up can
+    // be reported unresponsive too).
+    let logged_before = c.nodes[leader].log_text().len();
     c.node(victim).kill9();
     let line = format!("server {victim_id} is unresponsive (");
     wait_for(
         "the unresponsive line in the leader's log",
         Duration::from_secs(10),
-        || c.nodes[leader].log_text().contains(&line).then_some(()),
+        || {
+            c.nodes[leader].log_text()[logged_before..]
+                .contains(&line)
+                .then_some(())
+        },
     );
-    let s = c.status(leader).unwrap();
-    let member = s["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == victim_id.as_str())
-        .unwrap()
-        .clone();
-    assert!(member["failed_checks"].as_u64().unwrap() >= 1, "{member}");
+    let member = wait_for(
+        "the failed checks in the status",
+        Duration::from_secs(10),
+        || {
+            let s = c.status(leader)?;
+            let m = s["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == victim_id.as_str())?
+                .clone();
+            (m["failed_checks"].as_u64()? >= 1).then_some(m)
+        },
+    );
+    assert!(
+        member["last_contact_ms"].as_u64().unwrap_or(u64::MAX) >= 600,
+        "{member}"
+    );
     let (_, text) = get(&c.nodes[leader].url("/metrics")).unwrap();
     let text = text.as_str().unwrap().to_string();
     assert!(
