@@ -2,6 +2,7 @@
 //! `pushall`, X1) and partial ones (P1/A1 send only what changed) are merged field by field,
 //! and the state is read out as a `PrinterPhase` and telemetry. Pure: JSON in, values out.
 
+use super::delta::merge;
 use super::net_job::PrinterPhase;
 use super::{AmsTray, Telemetry};
 use serde_json::{Map, Value};
@@ -23,17 +24,6 @@ fn num(v: &Value) -> Option<f64> {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
-    }
-}
-
-fn merge(into: &mut Map<String, Value>, delta: &Map<String, Value>) {
-    for (k, v) in delta {
-        match (into.get_mut(k), v) {
-            (Some(Value::Object(old)), Value::Object(new)) => merge(old, new),
-            _ => {
-                into.insert(k.clone(), v.clone());
-            }
-        }
     }
 }
 

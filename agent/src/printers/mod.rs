@@ -13,8 +13,8 @@
 //! - `virtual_printer` (+ pure `virtual_model`): a simulated printer that consumes the file.
 //! - `mqtt_driver`: the runtime of network printers over MQTT (rumqttc), shared by the pure
 //!   protocol engines `moonraker` (Klipper's JSON-RPC) and `bambu` (+ `bambu_report`, the merged
-//!   report state; `bambu_tls`, certificate checks); `net_job` tracks one job on a printer that
-//!   prints on its own.
+//!   report state; `bambu_tls`, certificate checks; `delta`, partial reports merged, for both);
+//!   `net_job` tracks one job on a printer that prints on its own.
 //! - `fake_marlin` (pure) and `fake_pty`: a fake firmware and its pty runner; `fake_broker`,
 //!   `fake_moonraker`, `fake_bambu` and `test_pki`: an MQTT broker, simulated network printers
 //!   and test certificates (feature `fake`).
@@ -23,6 +23,7 @@ mod bambu;
 pub mod bambu_report;
 pub mod bambu_tls;
 pub mod codec;
+mod delta;
 #[cfg(feature = "fake")]
 pub mod fake_bambu;
 #[cfg(feature = "fake")]

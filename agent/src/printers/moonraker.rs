@@ -4,6 +4,7 @@
 //! snapshot and the `notify_status_update` deltas on `.../notification` (or
 //! `{instance}/klipper/status` when Moonraker publishes status objects). No I/O here.
 
+use super::delta::merge;
 use super::mqtt_driver::{Cmd, Link, NetProtocol, Note, Outgoing};
 use super::net_job::PrinterPhase;
 use super::{DriverOptions, Secret, Telemetry};
@@ -58,18 +59,6 @@ pub(super) struct Moonraker {
     subscribed: bool,
     last_subscribe: Option<Instant>,
     command_timeout: Duration,
-}
-
-/// Merge `delta` into `into`, objects field by field (Moonraker sends only what changed).
-fn merge(into: &mut Map<String, Value>, delta: &Map<String, Value>) {
-    for (k, v) in delta {
-        match (into.get_mut(k), v) {
-            (Some(Value::Object(old)), Value::Object(new)) => merge(old, new),
-            _ => {
-                into.insert(k.clone(), v.clone());
-            }
-        }
-    }
 }
 
 impl Moonraker {
