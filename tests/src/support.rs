@@ -56,6 +56,8 @@ pub struct NodeProc {
     pub raft: String,
     pub data: PathBuf,
     pub extra: Vec<String>,
+    /// Environment variables set for the process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -90,6 +92,7 @@ impl NodeProc {
             .arg(&self.data)
             .args(args)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -149,6 +152,7 @@ impl Cluster {
                 raft: format!("127.0.0.1:{}", free_port()),
                 data: dir.path().join("data"),
                 extra: Vec::new(),
+                env: Vec::new(),
                 child: None,
                 log: dir.path().join(format!("node{i}.log")),
             })
@@ -160,6 +164,14 @@ impl Cluster {
     pub fn with_args(mut self, args: &[&str]) -> Cluster {
         for n in &mut self.nodes {
             n.extra.extend(args.iter().map(|s| s.to_string()));
+        }
+        self
+    }
+
+    /// Sets an environment variable for every node's process.
+    pub fn with_env(mut self, key: &str, value: &str) -> Cluster {
+        for n in &mut self.nodes {
+            n.env.push((key.to_string(), value.to_string()));
         }
         self
     }
@@ -227,10 +239,10 @@ impl Cluster {
 
     /// Adds a node (not started) sharing the cluster's temp dir.
     pub fn add_node(&mut self, id: &str) -> usize {
-        let extra = self
+        let (extra, env) = self
             .nodes
             .first()
-            .map(|n| n.extra.clone())
+            .map(|n| (n.extra.clone(), n.env.clone()))
             .unwrap_or_default();
         self.nodes.push(NodeProc {
             id: id.to_string(),
@@ -238,6 +250,7 @@ impl Cluster {
             raft: format!("127.0.0.1:{}", free_port()),
             data: self.dir.path().join("data"),
             extra,
+            env,
             child: None,
             log: self.dir.path().join(format!("{id}.log")),
         });

@@ -8,8 +8,12 @@
 //! - the spool's remaining weight equals its start minus the jobs that ended `Done`: none
 //!   deducted twice, none missing.
 //!
+//! The same workload and checks run under kill -9 of single nodes and under whole-farm power
+//! cuts that also drop every write not yet fsynced.
+//!
 //! `RAFT3D_TORTURE_CYCLES` sets the number of kill/restart cycles (default 6, the short version
-//! that CI runs); `RAFT3D_TORTURE_CLIENTS` the number of clients (default 4).
+//! that CI runs; the power-cut test makes half as many cuts); `RAFT3D_TORTURE_CLIENTS` the
+//! number of clients (default 4).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -243,50 +247,220 @@ fn stale_json(c: &Cluster, i: usize, path: &str) -> Option<Value> {
     (code == 200).then_some(v)
 }
 
+/// Clients running job lives against a cluster, recording every operation.
+struct Workload {
+    clients: usize,
+    t0: Instant,
+    wall0: Duration,
+    history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workload {
+    /// Creates one printer per client and the spool through node1, then starts the clients.
+    fn start(c: &Cluster, clients: usize) -> Workload {
+        let http = client();
+        let base = c.nodes[0].url("");
+        for i in 0..clients {
+            let r = http
+                .post(format!("{base}/api/v1/printers"))
+                .json(&json!({"id": format!("p{i}"), "company": "Prusa", "model": "MK4"}))
+                .send()
+                .expect("create printer");
+            assert_eq!(r.status().as_u16(), 201);
+        }
+        let r = http
+            .post(format!("{base}/api/v1/filaments"))
+            .json(&json!({"id": "f1", "type": "PLA", "color": "grey", "total_weight_in_grams": SPOOL_GRAMS}))
+            .send()
+            .expect("create spool");
+        assert_eq!(r.status().as_u16(), 201);
+
+        let t0 = Instant::now();
+        let wall0 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let history = Arc::new(Mutex::new(History::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let urls: Vec<String> = c.nodes.iter().map(|n| n.url("")).collect();
+        let workers = (0..clients)
+            .map(|id| {
+                let mut w = Worker {
+                    id,
+                    urls: urls.clone(),
+                    t0,
+                    http: client(),
+                    history: history.clone(),
+                    next_node: id,
+                };
+                let stop = stop.clone();
+                std::thread::spawn(move || w.run(&stop))
+            })
+            .collect();
+        Workload {
+            clients,
+            t0,
+            wall0,
+            history,
+            stop,
+            workers,
+        }
+    }
+
+    /// Stops the clients, waits for every node to converge and checks the history: no
+    /// acknowledged job lost, none invented, spool = start − Done jobs on every node, and
+    /// linearizable job and spool histories. `faults` says what was done, for the summary.
+    fn finish_and_check(self, c: &Cluster, faults: &str) {
+        std::thread::sleep(Duration::from_millis(500));
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.join().expect("worker panicked");
+        }
+        let took = self.t0.elapsed();
+        let n = c.nodes.len();
+
+        // Every node converges on one state.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s: Vec<Option<Value>> = (0..n).map(|i| c.status(i)).collect();
+            let applied: BTreeSet<u64> = s
+                .iter()
+                .flatten()
+                .filter_map(|s| s["applied_index"].as_u64())
+                .collect();
+            let hashes: BTreeSet<&str> = s
+                .iter()
+                .flatten()
+                .filter_map(|s| s["state_hash"].as_str())
+                .collect();
+            if s.iter().all(Option::is_some) && applied.len() == 1 && hashes.len() == 1 {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the nodes did not converge within 60 s: {s:?}\nlogs copied to {}",
+                    keep_logs(c)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        let h = self.history.lock().unwrap();
+        for i in 0..n {
+            let jobs = stale_json(c, i, "/api/v1/print_jobs").expect("list jobs");
+            let stored: BTreeSet<String> = jobs
+                .as_array()
+                .expect("array")
+                .iter()
+                .filter_map(|j| j["id"].as_str().map(String::from))
+                .collect();
+            let missing: Vec<_> = h.acknowledged.difference(&stored).collect();
+            assert!(
+                missing.is_empty(),
+                "node{}: acknowledged jobs lost: {missing:?}; logs copied to {}",
+                i + 1,
+                keep_logs(c)
+            );
+            let invented: Vec<_> = stored.difference(&h.attempted).collect();
+            assert!(
+                invented.is_empty(),
+                "node{}: jobs nobody created: {invented:?}",
+                i + 1
+            );
+
+            // Remaining = start − the jobs that ended Done, on every node.
+            let done = jobs
+                .as_array()
+                .expect("array")
+                .iter()
+                .filter(|j| j["status"] == "Done")
+                .count() as u64;
+            let spool = stale_json(c, i, "/api/v1/filaments/f1").expect("spool");
+            assert_eq!(
+                spool["remaining_weight_in_grams"].as_u64(),
+                Some(SPOOL_GRAMS - done),
+                "node{}: {done} jobs Done",
+                i + 1
+            );
+        }
+
+        let jobs = check_keys(h.jobs.clone(), |_| JobModel, BUDGET);
+        let mut spool_keys = BTreeMap::new();
+        spool_keys.insert("f1".to_string(), h.spool.clone());
+        let spool = check_keys(
+            spool_keys,
+            |_| SpoolModel {
+                start_milligrams: SPOOL_GRAMS * 1000,
+            },
+            BUDGET,
+        );
+        println!(
+            "torture: {faults} in {took:.1?} with {} clients; {} job ops on {} jobs ({} with unknown outcome), \
+             {} spool ops ({} unknown); {} acknowledged jobs on every node; violations: {} jobs, {} spool; \
+             inconclusive: {} jobs, {} spool",
+            self.clients,
+            jobs.operations,
+            jobs.keys,
+            jobs.unknown,
+            spool.operations,
+            spool.unknown,
+            h.acknowledged.len(),
+            jobs.violations.len(),
+            spool.violations.len(),
+            jobs.inconclusive.len(),
+            spool.inconclusive.len()
+        );
+        if !jobs.violations.is_empty() {
+            let finals: Vec<String> = jobs
+                .violations
+                .iter()
+                .flat_map(|(id, _)| (0..n).map(move |i| (i, id.clone())))
+                .map(|(i, id)| {
+                    let j = stale_json(c, i, &format!("/api/v1/print_jobs/{id}"));
+                    format!("node{}: {id} = {j:?}", i + 1)
+                })
+                .collect();
+            let served: Vec<String> = jobs
+                .violations
+                .iter()
+                .flat_map(|(id, _)| h.served_by.range((id.clone(), 0)..=(id.clone(), u64::MAX)))
+                .map(|((id, at), node)| {
+                    format!(
+                        "{id} op at {:.3}s served by node{}",
+                        *at as f64 / 1e9,
+                        node + 1
+                    )
+                })
+                .collect();
+            let keep = keep_logs(c);
+            panic!(
+                "{:?}\nfinal states:\n{}\n{}\nlogs copied to {} (operation times count from UNIX time {:.3} s)",
+                jobs.violations,
+                finals.join("\n"),
+                served.join("\n"),
+                keep,
+                self.wall0.as_secs_f64()
+            );
+        }
+        if let Some((_, why)) = spool.violations.first() {
+            let tail: Vec<&str> = why.lines().rev().take(12).collect();
+            panic!(
+                "spool history is not linearizable; the last lines of the search:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        assert!(jobs.inconclusive.is_empty() && spool.inconclusive.is_empty());
+        assert!(h.acknowledged.len() > 4, "the clients made progress");
+    }
+}
+
 #[test]
 fn kill9_cycles_lose_no_acknowledged_write_and_histories_are_linearizable() {
     let cycles = env_or("RAFT3D_TORTURE_CYCLES", 6);
     let clients = env_or("RAFT3D_TORTURE_CLIENTS", 4);
     let mut c = Cluster::start(3);
-    let http = client();
-    let base = c.nodes[0].url("");
-    for i in 0..clients {
-        let r = http
-            .post(format!("{base}/api/v1/printers"))
-            .json(&json!({"id": format!("p{i}"), "company": "Prusa", "model": "MK4"}))
-            .send()
-            .expect("create printer");
-        assert_eq!(r.status().as_u16(), 201);
-    }
-    let r = http
-        .post(format!("{base}/api/v1/filaments"))
-        .json(&json!({"id": "f1", "type": "PLA", "color": "grey", "total_weight_in_grams": SPOOL_GRAMS}))
-        .send()
-        .expect("create spool");
-    assert_eq!(r.status().as_u16(), 201);
-
-    let t0 = Instant::now();
-    let wall0 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let history = Arc::new(Mutex::new(History::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let urls: Vec<String> = c.nodes.iter().map(|n| n.url("")).collect();
-    let workers: Vec<_> = (0..clients)
-        .map(|id| {
-            let mut w = Worker {
-                id,
-                urls: urls.clone(),
-                t0,
-                http: client(),
-                history: history.clone(),
-                next_node: id,
-            };
-            let stop = stop.clone();
-            std::thread::spawn(move || w.run(&stop))
-        })
-        .collect();
-
+    let load = Workload::start(&c, clients);
     let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let mut kills = Vec::new();
     for cycle in 0..cycles {
@@ -306,141 +480,60 @@ fn kill9_cycles_lose_no_acknowledged_write_and_histories_are_linearizable() {
             || c.status(victim),
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("worker panicked");
-    }
-    let took = t0.elapsed();
+    load.finish_and_check(&c, &format!("{cycles} kill -9 cycles ({kills:?})"));
+}
 
-    // Every node converges on one state.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s: Vec<Option<Value>> = (0..3).map(|i| c.status(i)).collect();
-        let applied: BTreeSet<u64> = s
-            .iter()
-            .flatten()
-            .filter_map(|s| s["applied_index"].as_u64())
-            .collect();
-        let hashes: BTreeSet<&str> = s
-            .iter()
-            .flatten()
-            .filter_map(|s| s["state_hash"].as_str())
-            .collect();
-        if s.iter().all(Option::is_some) && applied.len() == 1 && hashes.len() == 1 {
-            break;
+/// Sums the `undone_writes=N` the nodes logged when they reopened after a simulated cut.
+fn undone_writes(c: &Cluster) -> u64 {
+    c.nodes
+        .iter()
+        .flat_map(|n| {
+            n.log_text()
+                .lines()
+                .filter_map(|l| {
+                    let rest = l.split("undone_writes=").nth(1)?;
+                    rest.split(|ch: char| !ch.is_ascii_digit())
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// The whole farm loses power at once, several times, under load: every node is killed and
+/// its Raft log rolled back to its last fsync (`RAFT3D_SIMULATE_POWER_LOSS`), as a disk would
+/// be after a power cut. Acknowledged writes must survive, and the votes too (a node that
+/// forgot its vote could elect two leaders in one term, which the checker would catch).
+#[test]
+fn whole_farm_power_cuts_lose_no_acknowledged_write() {
+    let cuts = env_or("RAFT3D_TORTURE_CYCLES", 6).div_ceil(2);
+    let clients = env_or("RAFT3D_TORTURE_CLIENTS", 4);
+    let mut c = Cluster::new(3).with_env("RAFT3D_SIMULATE_POWER_LOSS", "1");
+    c.boot();
+    let undone_at_boot = undone_writes(&c);
+    let load = Workload::start(&c, clients);
+    let mut rng = Rng::new(0x5851_f42d_4c95_7f2d);
+    for _ in 0..cuts {
+        std::thread::sleep(Duration::from_millis(600 + rng.below(800)));
+        for i in 0..3 {
+            c.node(i).kill9();
         }
-        if Instant::now() > deadline {
-            panic!(
-                "the nodes did not converge within 60 s: {s:?}\nlogs copied to {}",
-                keep_logs(&c)
-            );
+        std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
+        for i in 0..3 {
+            c.node(i).spawn(&[]);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        c.wait_leader(Duration::from_secs(30));
     }
-
-    let h = history.lock().unwrap();
-    for i in 0..3 {
-        let jobs = stale_json(&c, i, "/api/v1/print_jobs").expect("list jobs");
-        let stored: BTreeSet<String> = jobs
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|j| j["id"].as_str().map(String::from))
-            .collect();
-        let missing: Vec<_> = h.acknowledged.difference(&stored).collect();
-        assert!(
-            missing.is_empty(),
-            "node{}: acknowledged jobs lost: {missing:?}",
-            i + 1
-        );
-        let invented: Vec<_> = stored.difference(&h.attempted).collect();
-        assert!(
-            invented.is_empty(),
-            "node{}: jobs nobody created: {invented:?}",
-            i + 1
-        );
-
-        // Remaining = start − the jobs that ended Done, on every node.
-        let done = jobs
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter(|j| j["status"] == "Done")
-            .count() as u64;
-        let spool = stale_json(&c, i, "/api/v1/filaments/f1").expect("spool");
-        assert_eq!(
-            spool["remaining_weight_in_grams"].as_u64(),
-            Some(SPOOL_GRAMS - done),
-            "node{}: {done} jobs Done",
-            i + 1
-        );
-    }
-
-    let jobs = check_keys(h.jobs.clone(), |_| JobModel, BUDGET);
-    let mut spool_keys = BTreeMap::new();
-    spool_keys.insert("f1".to_string(), h.spool.clone());
-    let spool = check_keys(
-        spool_keys,
-        |_| SpoolModel {
-            start_milligrams: SPOOL_GRAMS * 1000,
-        },
-        BUDGET,
+    let undone = undone_writes(&c) - undone_at_boot;
+    load.finish_and_check(
+        &c,
+        &format!("{cuts} whole-farm power cuts ({undone} unsynced writes undone on reopen)"),
     );
-    println!(
-        "torture: {cycles} kill -9 cycles ({kills:?}) in {took:.1?}; {} job ops on {} jobs ({} with unknown outcome), \
-         {} spool ops ({} unknown); {} acknowledged jobs on every node; violations: {} jobs, {} spool; \
-         inconclusive: {} jobs, {} spool",
-        jobs.operations,
-        jobs.keys,
-        jobs.unknown,
-        spool.operations,
-        spool.unknown,
-        h.acknowledged.len(),
-        jobs.violations.len(),
-        spool.violations.len(),
-        jobs.inconclusive.len(),
-        spool.inconclusive.len()
+    assert!(
+        undone > 0,
+        "no cut caught an unsynced write, so the simulation proved nothing; logs copied to {}",
+        keep_logs(&c)
     );
-    if !jobs.violations.is_empty() {
-        let finals: Vec<String> = jobs
-            .violations
-            .iter()
-            .flat_map(|(id, _)| (0..3).map(move |i| (i, id.clone())))
-            .map(|(i, id)| {
-                let j = stale_json(&c, i, &format!("/api/v1/print_jobs/{id}"));
-                format!("node{}: {id} = {j:?}", i + 1)
-            })
-            .collect();
-        let served: Vec<String> = jobs
-            .violations
-            .iter()
-            .flat_map(|(id, _)| h.served_by.range((id.clone(), 0)..=(id.clone(), u64::MAX)))
-            .map(|((id, at), node)| {
-                format!(
-                    "{id} op at {:.3}s served by node{}",
-                    *at as f64 / 1e9,
-                    node + 1
-                )
-            })
-            .collect();
-        let keep = keep_logs(&c);
-        panic!(
-            "{:?}\nfinal states:\n{}\n{}\nlogs copied to {} (operation times count from UNIX time {:.3} s)",
-            jobs.violations,
-            finals.join("\n"),
-            served.join("\n"),
-            keep,
-            wall0.as_secs_f64()
-        );
-    }
-    if let Some((_, why)) = spool.violations.first() {
-        let tail: Vec<&str> = why.lines().rev().take(12).collect();
-        panic!(
-            "spool history is not linearizable; the last lines of the search:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
-    assert!(jobs.inconclusive.is_empty() && spool.inconclusive.is_empty());
-    assert!(h.acknowledged.len() > cycles, "the clients made progress");
 }

@@ -105,10 +105,22 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Resul
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 fn open_db(dir: &Path) -> io::Result<Database> {
-    redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(dir.join("raft-log.redb"))
-        .map_err(other)
+    let path = dir.join("raft-log.redb");
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(CACHE_BYTES);
+    if super::power_loss::enabled() {
+        let (backend, rolled) = super::power_loss::PowerLossBackend::open(&path)?;
+        tracing::warn!(
+            undone_writes = rolled.writes,
+            undone_bytes = rolled.bytes,
+            synced_len = rolled.synced_len,
+            "power-loss simulation is on ({}): unsynced writes of the last run were undone; \
+             this is for tests only",
+            super::power_loss::ENV
+        );
+        return builder.create_with_backend(backend).map_err(other);
+    }
+    builder.create(path).map_err(other)
 }
 
 impl LogStore {

@@ -1,6 +1,7 @@
 //! Durable storage: the redb Raft log, the state-machine adapter and the snapshot file format.
 
 mod log_store;
+pub mod power_loss;
 mod restore;
 pub mod snapshot_file;
 mod state_machine;
