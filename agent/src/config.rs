@@ -14,6 +14,7 @@ const SINGLE_DASH_LONG: &[&str] = &[
     "id",
     "http",
     "raft",
+    "raft-advertise",
     "data",
     "bootstrap",
     "join",
@@ -88,6 +89,10 @@ pub struct RunArgs {
     /// Peer (Raft) address other nodes use to reach this one, e.g. 192.168.1.11:7000.
     #[arg(long)]
     pub raft: Option<String>,
+    /// Peer address to tell other nodes when it differs from -raft (NAT, port forward, proxy);
+    /// -raft is then only the address to listen on.
+    #[arg(long)]
+    pub raft_advertise: Option<String>,
     /// Data directory.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -180,6 +185,7 @@ pub struct FileConfig {
     pub id: Option<String>,
     pub http: Option<String>,
     pub raft: Option<String>,
+    pub raft_advertise: Option<String>,
     pub data: Option<PathBuf>,
     #[serde(default)]
     pub bootstrap: bool,
@@ -207,6 +213,9 @@ pub struct Settings {
     pub http_bind: String,
     /// Address other nodes and clients are told to use for this node's HTTP API.
     pub http_advertise: String,
+    /// Address the peer (Raft) listener binds; outgoing peer connections leave from its IP.
+    pub raft_bind: String,
+    /// Peer address other nodes are told to use.
     pub raft: String,
     pub data: PathBuf,
     pub bootstrap: bool,
@@ -277,14 +286,31 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         .clone()
         .or(file.raft.clone())
         .unwrap_or_else(|| "127.0.0.1:7000".into());
-    let raft_host = host_port("raft", &raft, &mut problems).map(|(h, _)| h);
+    let advertise = args.raft_advertise.clone().or(file.raft_advertise.clone());
+    let unreachable = |h: &str| h.is_empty() || h == "0.0.0.0" || h == "[::]";
+    let bind_host = host_port("raft", &raft, &mut problems).map(|(h, _)| h);
+    let raft_host = match &advertise {
+        Some(a) => host_port("raft_advertise", a, &mut problems).map(|(h, _)| h),
+        None => bind_host.clone(),
+    };
     if let Some(h) = &raft_host {
-        if h.is_empty() || h == "0.0.0.0" || h == "[::]" {
+        if unreachable(h) {
+            let key = if advertise.is_some() {
+                "raft_advertise"
+            } else {
+                "raft"
+            };
+            let value = advertise.as_ref().unwrap_or(&raft);
             problems.push(format!(
-                "raft: {raft:?} is not an address other nodes can reach; use this Pi's LAN address, e.g. 192.168.1.11:7000"
+                "{key}: {value:?} is not an address other nodes can reach; use this Pi's LAN address, e.g. 192.168.1.11:7000"
             ));
         }
     }
+    let raft_bind = match bind_host.as_deref() {
+        Some("") => format!("0.0.0.0{raft}"),
+        _ => raft.clone(),
+    };
+    let raft = advertise.unwrap_or(raft);
     let http = args
         .http
         .clone()
@@ -402,6 +428,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         id,
         http_bind,
         http_advertise,
+        raft_bind,
         raft,
         data: args
             .data
@@ -451,6 +478,30 @@ mod tests {
         let cli = parse(&["raft3d", "--id", "node2", "--join", "127.0.0.1:8080"]);
         let s = settings(&cli.run).unwrap();
         assert_eq!(s.join, vec!["127.0.0.1:8080".to_string()]);
+    }
+
+    #[test]
+    fn an_advertised_peer_address_is_told_to_others_and_the_listener_binds_raft() {
+        let cli = parse(&[
+            "raft3d",
+            "-id",
+            "node1",
+            "-raft",
+            ":7000",
+            "-raft-advertise",
+            "192.168.1.11:17000",
+        ]);
+        let s = settings(&cli.run).unwrap();
+        assert_eq!(s.raft_bind, "0.0.0.0:7000");
+        assert_eq!(s.raft, "192.168.1.11:17000");
+        assert_eq!(s.http_advertise, "192.168.1.11:8080");
+        // Without an advertised address, -raft must be reachable itself.
+        let cli = parse(&["raft3d", "-id", "node1", "-raft", ":7000"]);
+        let text = settings(&cli.run).unwrap_err().join("\n");
+        assert!(text.contains("raft: \":7000\" is not an address"), "{text}");
+        let cli = parse(&["raft3d", "-id", "n", "-raft-advertise", "0.0.0.0:7000"]);
+        let text = settings(&cli.run).unwrap_err().join("\n");
+        assert!(text.contains("raft_advertise: "), "{text}");
     }
 
     #[test]

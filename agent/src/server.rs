@@ -50,6 +50,13 @@ pub fn init_logging(level: &str, json: bool) {
     }
 }
 
+/// The IP outgoing peer connections leave from: the peer listener's, unless it listens on all
+/// interfaces (then the kernel picks by route).
+fn peer_source_ip(bind: &str) -> Option<std::net::IpAddr> {
+    let ip = bind.parse::<std::net::SocketAddr>().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
 fn raft_config(s: &Settings) -> Result<openraft::Config, ServerError> {
     let t = &s.tuning;
     openraft::Config {
@@ -96,13 +103,14 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
     }
     std::fs::create_dir_all(&dir).map_err(storage)?;
 
-    let raft_listener = TcpListener::bind(&s.raft)
-        .await
-        .map_err(|source| ServerError::Bind {
-            what: "peer (raft) traffic",
-            addr: s.raft.clone(),
-            source,
-        })?;
+    let raft_listener =
+        TcpListener::bind(&s.raft_bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "peer (raft) traffic",
+                addr: s.raft_bind.clone(),
+                source,
+            })?;
     let http_listener =
         TcpListener::bind(&s.http_bind)
             .await
@@ -120,7 +128,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
     let log = LogStore::open(&dir).map_err(storage)?;
     let log_stats = log.stats();
     let sm = StateMachine::open(dir.clone(), s.tuning.snapshots_kept).map_err(storage)?;
-    let peers = PeerClient::new(s.cluster_secret.clone());
+    let peers = PeerClient::new(s.cluster_secret.clone(), peer_source_ip(&s.raft_bind));
     let raft = Raft::new(
         NodeId(s.id.clone()),
         Arc::new(raft_config(&s)?),
@@ -167,7 +175,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
-    tracing::info!(phase = "serving", http = %s.http_bind, raft = %s.raft, "serving HTTP API and peer traffic");
+    tracing::info!(phase = "serving", http = %s.http_bind, raft = %s.raft_bind, raft_advertised = %s.raft, "serving HTTP API and peer traffic");
 
     let initialized = raft
         .is_initialized()

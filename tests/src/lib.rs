@@ -2,5 +2,6 @@
 //! the tests in `tests/` and by the `loadgen` benchmark binary.
 
 pub mod linearizability;
+pub mod netproxy;
 pub mod seeded;
 pub mod support;

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::netproxy::{node_ip, Net};
+
 /// The `raft3d` binary built by the same cargo invocation: next to this executable (a bin) or
 /// one level up (a test in `deps/`). `RAFT3D_BIN` overrides it.
 pub fn binary() -> PathBuf {
@@ -158,6 +160,27 @@ impl Cluster {
             })
             .collect();
         Cluster { nodes, dir }
+    }
+
+    /// Prepares `n` nodes whose peer traffic goes through a [`Net`] of proxies the test can cut:
+    /// node i listens for peers on its own loopback IP and advertises its proxy.
+    pub fn new_behind_proxies(n: usize) -> (Cluster, Net) {
+        let mut c = Cluster::new(n);
+        let targets: Vec<std::net::SocketAddr> = (0..n)
+            .map(|i| {
+                let l = std::net::TcpListener::bind((node_ip(i), 0)).expect("bind node IP");
+                l.local_addr().expect("local addr")
+            })
+            .collect();
+        let net = Net::start(&targets);
+        for (i, node) in c.nodes.iter_mut().enumerate() {
+            node.raft = targets[i].to_string();
+            node.extra.extend([
+                "-raft-advertise".to_string(),
+                net.proxy_addrs[i].to_string(),
+            ]);
+        }
+        (c, net)
     }
 
     /// Adds `args` to every node's command line.

@@ -44,6 +44,8 @@ enum Outcome {
     NotSent,
     /// Sent, but the answer was lost or says the outcome is unknown.
     Unknown,
+    /// Answered 503 `no_leader`: no leader took the write, so it did not happen.
+    NoLeader,
     Answer(u16, Value),
 }
 
@@ -63,8 +65,16 @@ fn send(req: reqwest::blocking::RequestBuilder) -> Outcome {
             let code = r.status().as_u16();
             match r.text() {
                 Err(_) => Outcome::Unknown,
-                // 503 covers "no leader" and "outcome unknown"; both are treated as unknown.
-                Ok(_) if code == 503 => Outcome::Unknown,
+                // "no_leader" means no leader ever took the request; any other 503 (outcome
+                // unknown, shutting down) may have been applied.
+                Ok(t) if code == 503 => {
+                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    if v["error"]["code"] == "no_leader" {
+                        Outcome::NoLeader
+                    } else {
+                        Outcome::Unknown
+                    }
+                }
                 Ok(t) => Outcome::Answer(code, serde_json::from_str(&t).unwrap_or(Value::Null)),
             }
         }
@@ -93,6 +103,9 @@ fn job_output(code: u16, v: &Value) -> JobOutput {
 struct History {
     jobs: BTreeMap<String, Vec<Operation<JobInput, JobOutput>>>,
     spool: Vec<Operation<SpoolInput, SpoolOutput>>,
+    /// Deductions of `Done` requests with unknown outcome, by job: one that did not end `Done`
+    /// cannot have deducted, so only those of jobs that ended `Done` go to the spool history.
+    unknown_deducts: Vec<(String, Operation<SpoolInput, SpoolOutput>)>,
     /// Ids some client tried to create.
     attempted: BTreeSet<String>,
     acknowledged: BTreeSet<String>,
@@ -151,6 +164,14 @@ impl Worker {
                 let o = job_output(code, &v);
                 (Operation::known(self.id, invoke, done, input, o), Some(o))
             }
+            Outcome::NoLeader => {
+                // Nothing happened; the job may now not exist, which later answers show.
+                let mut h = self.history.lock().unwrap();
+                if input == JobInput::Create {
+                    h.attempted.insert(job.to_string());
+                }
+                return None;
+            }
             _ => (Operation::unknown(self.id, invoke, input), None),
         };
         let mut h = self.history.lock().unwrap();
@@ -172,7 +193,9 @@ impl Worker {
                     deduct,
                     SpoolOutput::Deducted,
                 )),
-                None => h.spool.push(Operation::unknown(self.id, invoke, deduct)),
+                None => h
+                    .unknown_deducts
+                    .push((job.to_string(), Operation::unknown(self.id, invoke, deduct))),
                 Some(_) => {}
             }
         }
@@ -386,8 +409,23 @@ impl Workload {
         }
 
         let jobs = check_keys(h.jobs.clone(), |_| JobModel, BUDGET);
+        let ended_done: BTreeSet<String> = stale_json(c, 0, "/api/v1/print_jobs")
+            .expect("list jobs")
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|j| j["status"] == "Done")
+            .filter_map(|j| j["id"].as_str().map(String::from))
+            .collect();
+        let mut spool_ops = h.spool.clone();
+        spool_ops.extend(
+            h.unknown_deducts
+                .iter()
+                .filter(|(job, _)| ended_done.contains(job))
+                .map(|(_, op)| op.clone()),
+        );
         let mut spool_keys = BTreeMap::new();
-        spool_keys.insert("f1".to_string(), h.spool.clone());
+        spool_keys.insert("f1".to_string(), spool_ops);
         let spool = check_keys(
             spool_keys,
             |_| SpoolModel {
@@ -535,5 +573,127 @@ fn whole_farm_power_cuts_lose_no_acknowledged_write() {
         undone > 0,
         "no cut caught an unsynced write, so the simulation proved nothing; logs copied to {}",
         keep_logs(&c)
+    );
+}
+
+/// Waits until a node other than `old` says it leads (the majority side elected a leader).
+fn wait_new_leader(c: &Cluster, old: usize, among: &[usize], what: &str) -> usize {
+    wait_for(what, Duration::from_secs(15), || {
+        among
+            .iter()
+            .copied()
+            .filter(|&i| i != old)
+            .find(|&i| c.status(i).is_some_and(|s| s["is_leader"] == true))
+    })
+}
+
+/// Partitions of a 3-node cluster under load, each for 2–3.5 s and then healed: the leader cut
+/// off both ways, the leader muted one way (its requests lost, the others' reaching it), a
+/// follower cut off, and every link slowed by 30 ms. While the leader is cut off or muted the
+/// other two must elect a new one. Afterwards the same checks as the crash tests.
+#[test]
+fn partitions_of_three_nodes_lose_no_acknowledged_write_and_histories_are_linearizable() {
+    let cycles = env_or("RAFT3D_TORTURE_CYCLES", 6).max(4);
+    let clients = env_or("RAFT3D_TORTURE_CLIENTS", 4);
+    let (mut c, net) = Cluster::new_behind_proxies(3);
+    c.boot();
+    let load = Workload::start(&c, clients);
+    let mut rng = Rng::new(0x94d0_49bb_1331_11eb);
+    let mut done = Vec::new();
+    for cycle in 0..cycles {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(500)));
+        let leader = c.wait_leader(Duration::from_secs(30));
+        let all = [0, 1, 2];
+        let what = match cycle % 4 {
+            0 => {
+                net.isolate(leader);
+                wait_new_leader(
+                    &c,
+                    leader,
+                    &all,
+                    "a new leader while the old one is cut off",
+                );
+                format!("node{} (leader) cut off", leader + 1)
+            }
+            1 => {
+                net.mute(leader);
+                wait_new_leader(&c, leader, &all, "a new leader while the old one is muted");
+                format!("node{} (leader) muted one way", leader + 1)
+            }
+            2 => {
+                let f = (leader + 1 + rng.below(2) as usize) % 3;
+                net.isolate(f);
+                format!("node{} (follower) cut off", f + 1)
+            }
+            _ => {
+                net.delay_all(Duration::from_millis(30));
+                "every link delayed 30 ms".to_string()
+            }
+        };
+        std::thread::sleep(Duration::from_millis(2000 + rng.below(1500)));
+        net.heal();
+        done.push(what);
+    }
+    c.wait_leader(Duration::from_secs(30));
+    load.finish_and_check(
+        &c,
+        &format!(
+            "{} partitions ({}; {} connections cut)",
+            done.len(),
+            done.join(", "),
+            net.dropped()
+        ),
+    );
+}
+
+/// Five nodes split 3/2 under load, the leader on the minority side (the majority must elect
+/// a new one) and then on the majority side, healed after each; then the same checks.
+#[test]
+fn splits_of_five_nodes_lose_no_acknowledged_write_and_histories_are_linearizable() {
+    let cycles = env_or("RAFT3D_TORTURE_CYCLES", 6).div_ceil(2).max(2);
+    let clients = env_or("RAFT3D_TORTURE_CLIENTS", 4);
+    let (mut c, net) = Cluster::new_behind_proxies(5);
+    c.boot();
+    let load = Workload::start(&c, clients);
+    let mut rng = Rng::new(0xbf58_476d_1ce4_e5b9);
+    let mut done = Vec::new();
+    for cycle in 0..cycles {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(500)));
+        let leader = c.wait_leader(Duration::from_secs(30));
+        let mut others: Vec<usize> = (0..5).filter(|&i| i != leader).collect();
+        let k = rng.below(others.len() as u64) as usize;
+        let buddy = others.remove(k);
+        if cycle % 2 == 0 {
+            // Leader and one more against three.
+            net.split(&[&[leader, buddy], &others]);
+            wait_new_leader(&c, leader, &others, "a leader on the 3-node side");
+            done.push(format!(
+                "node{}+node{} (with the leader) | 3",
+                leader + 1,
+                buddy + 1
+            ));
+        } else {
+            // Leader and two more against two.
+            let minority = [others[0], others[1]];
+            let majority = [leader, buddy, others[2]];
+            net.split(&[&majority, &minority]);
+            done.push(format!(
+                "3 (with the leader) | node{}+node{}",
+                minority[0] + 1,
+                minority[1] + 1
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2000 + rng.below(1500)));
+        net.heal();
+    }
+    c.wait_leader(Duration::from_secs(30));
+    load.finish_and_check(
+        &c,
+        &format!(
+            "{} 3/2 splits of 5 nodes ({}; {} connections cut)",
+            done.len(),
+            done.join(", "),
+            net.dropped()
+        ),
     );
 }

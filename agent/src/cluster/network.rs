@@ -49,9 +49,12 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(secret: Option<String>) -> PeerClient {
+    /// `source`: the local IP outgoing peer connections leave from (the peer listener's IP,
+    /// so a multi-homed Pi talks to its peers over the interface it listens on).
+    pub fn new(secret: Option<String>, source: Option<std::net::IpAddr>) -> PeerClient {
         let http = reqwest::Client::builder()
             .no_proxy()
+            .local_address(source)
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
