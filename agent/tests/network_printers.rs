@@ -435,6 +435,34 @@ async fn bambu_certificate_for_another_printer_is_refused() {
 }
 
 #[tokio::test]
+async fn bambu_without_ca_file_trusts_only_the_bundled_bambu_cas() {
+    // The test CA is not Bambu Lab's: with no ca_file the printer must be refused.
+    let b = bambu(SERIAL, Duration::from_secs(3)).await;
+    let mut spec = bambu_spec(&b, CODE);
+    if let ConnectionSpec::Bambu { ca_file, .. } = &mut spec {
+        *ca_file = None;
+    }
+    let mut rig = Rig::spawn(spec);
+    let t = rig
+        .until("a certificate error", |t| {
+            t.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("bundled Bambu Lab CAs"))
+        })
+        .await;
+    assert_ne!(t.connection, "connected", "{t:?}");
+    assert!(
+        t.last_error.unwrap_or_default().contains("ca_file"),
+        "the error says how to fix it"
+    );
+    assert_eq!(
+        b.fake.pushalls(),
+        0,
+        "no request may reach an unverified printer"
+    );
+}
+
+#[tokio::test]
 async fn bambu_broker_restart_mid_print_keeps_the_job() {
     let mut b = bambu(SERIAL, Duration::from_secs(4)).await;
     let mut rig = Rig::spawn(bambu_spec(&b, CODE));

@@ -165,8 +165,6 @@ impl Connection {
                 host,
                 serial,
                 access_code,
-                ca_file,
-                insecure_tls,
                 ..
             } => {
                 if host.trim().is_empty() {
@@ -179,13 +177,6 @@ impl Connection {
                     return Err(bad(
                         "access_code",
                         "is required: the LAN access code shown on the printer's screen",
-                    ));
-                }
-                if ca_file.is_none() && !insecure_tls {
-                    return Err(bad(
-                        "ca_file",
-                        "is required: the PEM file of the CA that issued the printer's certificate \
-                         (or insecure_tls = true to skip certificate checks, not recommended)",
                     ));
                 }
             }

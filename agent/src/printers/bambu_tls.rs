@@ -1,7 +1,7 @@
 //! TLS to a Bambu Lab printer (rustls with ring). The printer's certificate is issued by
 //! Bambu's CA for CN = its serial number, not for its IP address, so the host name is not
-//! checked: the chain is verified against the configured CA and the certificate's CN must equal
-//! the configured serial. The explicit `insecure_tls` opt-out skips both and is logged loudly.
+//! checked: the chain is verified against the configured CA (default: Bambu Lab's CAs, bundled
+//! in `agent/certs/`) and the certificate's CN must equal the configured serial. The explicit `insecure_tls` opt-out skips both and is logged loudly.
 //! Every refusal is kept (`TlsDiag`) because the TLS error that reaches the MQTT client says
 //! little.
 
@@ -30,28 +30,38 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads the PEM certificates of `path` into a root store.
-pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
-    let shown = path.display();
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read connection.ca_file {shown}: {e}"))?;
+/// Bambu Lab's printer CAs (`BBL CA`, `BBL CA2 RSA`, `BBL CA2 ECC`, the self-signed roots Bambu
+/// Lab publishes for LAN clients): the trust anchors when `connection.ca_file` is not given.
+pub const BUNDLED_CA_PEM: &[u8] = include_bytes!("../../certs/bambu-lab-ca.pem");
+
+/// Where the trust anchors came from, for error messages.
+const BUNDLED: &str = "the bundled Bambu Lab CAs";
+
+fn roots_from_pem(bytes: &[u8], shown: &str) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&bytes) {
-        let cert = cert.map_err(|e| format!("connection.ca_file {shown} is not valid PEM: {e}"))?;
+    for cert in CertificateDer::pem_slice_iter(bytes) {
+        let cert = cert.map_err(|e| format!("{shown} is not valid PEM: {e}"))?;
         roots
             .add(cert)
-            .map_err(|e| format!("connection.ca_file {shown} holds a bad certificate: {e}"))?;
+            .map_err(|e| format!("{shown} holds a bad certificate: {e}"))?;
     }
     if roots.is_empty() {
         return Err(format!(
-            "connection.ca_file {shown} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
+            "{shown} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
         ));
     }
     Ok(roots)
 }
 
-/// A client config for the printer `serial`: verified against `ca_file`, or unverified when
-/// `insecure` (the caller logs that).
+/// Reads the PEM certificates of `path` into a root store.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+    let shown = format!("connection.ca_file {}", path.display());
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    roots_from_pem(&bytes, &shown)
+}
+
+/// A client config for the printer `serial`: verified against `ca_file` (default: the bundled
+/// Bambu Lab CAs), or unverified when `insecure` (the caller logs that).
 pub fn client_config(
     serial: &str,
     ca_file: Option<&Path>,
@@ -59,29 +69,27 @@ pub fn client_config(
 ) -> Result<(ClientConfig, TlsDiag), String> {
     let diag = TlsDiag::default();
     let provider = provider();
-    let verifier: Arc<dyn ServerCertVerifier> = if insecure {
-        Arc::new(SerialVerifier {
-            roots: None,
-            serial: serial.to_string(),
-            provider: provider.clone(),
-            diag: diag.clone(),
-        })
+    let (roots, anchors) = if insecure {
+        (None, String::new())
     } else {
-        let Some(path) = ca_file else {
-            return Err(
-                "connection.ca_file is required: the PEM file of the Bambu CA that issued the \
-                 printer's certificate (or set insecure_tls = true to skip certificate checks, not \
-                 recommended)"
-                    .into(),
-            );
-        };
-        Arc::new(SerialVerifier {
-            roots: Some(Arc::new(load_roots(path)?)),
-            serial: serial.to_string(),
-            provider: provider.clone(),
-            diag: diag.clone(),
-        })
+        match ca_file {
+            Some(path) => (
+                Some(Arc::new(load_roots(path)?)),
+                format!("the CA in connection.ca_file {}", path.display()),
+            ),
+            None => (
+                Some(Arc::new(roots_from_pem(BUNDLED_CA_PEM, BUNDLED)?)),
+                BUNDLED.to_string(),
+            ),
+        }
     };
+    let verifier: Arc<dyn ServerCertVerifier> = Arc::new(SerialVerifier {
+        roots,
+        anchors,
+        serial: serial.to_string(),
+        provider: provider.clone(),
+        diag: diag.clone(),
+    });
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?
@@ -95,6 +103,8 @@ pub fn client_config(
 struct SerialVerifier {
     /// `None`: insecure, nothing is checked.
     roots: Option<Arc<RootCertStore>>,
+    /// What `roots` are, for the refusal message.
+    anchors: String,
     serial: String,
     provider: Arc<CryptoProvider>,
     diag: TlsDiag,
@@ -121,8 +131,10 @@ impl SerialVerifier {
         )
         .map_err(|e| {
             format!(
-                "TLS: the printer's certificate was not issued by the CA in connection.ca_file ({e}); \
-                 check ca_file (or set insecure_tls = true for a printer whose certificate cannot be verified)"
+                "TLS: the printer's certificate was not issued by {} ({e}); set connection.ca_file \
+                 to the CA that issued it (or insecure_tls = true for a printer whose certificate \
+                 cannot be verified)",
+                self.anchors
             )
         })?;
         match common_name(end_entity.as_ref()) {
@@ -274,12 +286,14 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_ca_file_is_explained() {
-        let e = client_config("01S00A000000000", None, false).err().unwrap();
-        assert!(
-            e.contains("ca_file is required") && e.contains("insecure_tls"),
-            "{e}"
-        );
+    fn without_a_ca_file_the_bundled_bambu_cas_are_the_anchors() {
+        let roots = roots_from_pem(BUNDLED_CA_PEM, BUNDLED).unwrap();
+        assert_eq!(roots.len(), 3);
+        let names: Vec<String> = CertificateDer::pem_slice_iter(BUNDLED_CA_PEM)
+            .map(|c| common_name(c.unwrap().as_ref()).unwrap())
+            .collect();
+        assert_eq!(names, ["BBL CA2 RSA", "BBL CA2 ECC", "BBL CA"]);
+        assert!(client_config("01S00A000000000", None, false).is_ok());
         let e = client_config("x", Some(Path::new("/no/such/ca.pem")), false)
             .err()
             .unwrap();

@@ -9,9 +9,10 @@
 //! - `--restart-jobs N`: loads N more jobs, then times a follower's restart after SIGTERM and
 //!   after kill -9 (to `/readyz` and to caught up).
 //! - `--failover K`: times how long writes stop when the leader is killed with SIGKILL.
+//! - `--steady SECONDS`: one long phase at 64 clients (the target: zero elections in 300 s).
 //!
 //! Usage: cargo run --release -p raft3d-tests --bin loadgen -- [--clients 1,8,64,256]
-//!        [--seconds 10] [--vs-etcd] [--restart-jobs 100000] [--failover 20] [--out FILE]
+//!        [--seconds 10] [--vs-etcd] [--restart-jobs 100000] [--failover 20] [--steady 300] [--out FILE]
 //!        [--config NODE.toml]
 
 mod etcd;
@@ -34,6 +35,7 @@ struct Args {
     failover: usize,
     vs_etcd: bool,
     restart_jobs: u64,
+    steady: u64,
     out: String,
     config: Option<String>,
 }
@@ -45,6 +47,7 @@ fn args() -> Args {
         failover: 0,
         vs_etcd: false,
         restart_jobs: 0,
+        steady: 0,
         out: "target/loadgen-results.md".into(),
         config: None,
     };
@@ -62,6 +65,7 @@ fn args() -> Args {
             "--failover" => a.failover = val().parse().expect("repetitions"),
             "--vs-etcd" => a.vs_etcd = true,
             "--restart-jobs" => a.restart_jobs = val().parse().expect("job count"),
+            "--steady" => a.steady = val().parse().expect("seconds"),
             "--out" => a.out = val(),
             "--config" => a.config = Some(val()),
             other => panic!("unknown flag {other}; see the usage in the source header"),
@@ -418,6 +422,32 @@ fn main() {
         compare(&mut out, &rows);
     }
     drop(etcd);
+    if a.steady > 0 {
+        let row = phase(
+            &rt,
+            &Target::Raft3d(&c),
+            64,
+            Stop::After(Duration::from_secs(a.steady)),
+            "steady",
+        );
+        emit(
+            &mut out,
+            &format!("\nsteady run, {} s at 64 clients:\n{HEADER}", a.steady),
+        );
+        emit(&mut out, &row.line());
+        emit(
+            &mut out,
+            &format!(
+                "elections during the steady run: {} (target 0: {})",
+                row.elections,
+                if row.elections == 0.0 {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            ),
+        );
+    }
     if a.restart_jobs > 0 {
         restart_phase(&rt, &mut c, a.restart_jobs, &mut out);
     }
