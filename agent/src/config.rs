@@ -146,7 +146,8 @@ pub struct RaftTuning {
     /// A follower waits a random time in [min, max] without heartbeats before an election.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
+    /// Build a snapshot after at least this many entries since the last one, and once the log
+    /// since then is at least as large as that snapshot.
     pub snapshot_threshold: u64,
     /// Snapshot files kept under <data>/<id>/snapshots/.
     pub snapshots_kept: usize,

@@ -3,7 +3,9 @@
 //! One writer thread owns every write transaction. Appends are queued with openraft's flush
 //! callback and acknowledged only after the transaction holding them is durably committed;
 //! appends that arrive while an fsync is in flight are drained into the next transaction, so
-//! concurrent clients share fsyncs. Vote, truncation and purge wait for their own commit.
+//! concurrent clients share fsyncs. Vote and truncation wait for their own commit. A purge
+//! returns at once and is carried out in chunks of `PURGE_CHUNK` entries riding along with the
+//! next transactions, so deleting a large prefix never stalls appends (and heartbeats).
 //! Entries queued but not yet durable stay in an in-memory overlay so readers always see the
 //! log openraft believes it wrote.
 
@@ -32,6 +34,8 @@ const KEY_PURGED: &str = "purged";
 pub const LOG_FORMAT_VERSION: u64 = 1;
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 4096;
+/// Most log entries one transaction deletes for a purge.
+const PURGE_CHUNK: u64 = 2_000;
 
 type Done = tokio::sync::oneshot::Sender<io::Result<()>>;
 
@@ -53,8 +57,14 @@ enum WriteOp {
     Purge {
         upto: LogId,
         value: Vec<u8>,
-        done: Done,
     },
+}
+
+/// A purge not yet carried out to its end.
+struct PendingPurge {
+    upto: LogId,
+    /// The encoded `upto`, the marker once the last chunk is gone.
+    value: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -228,31 +238,64 @@ fn writer_loop(
     shared: std::sync::Weak<Shared>,
     stats: Arc<WriteStats>,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+    let mut purge: Option<PendingPurge> = None;
+    loop {
+        // With a purge under way, do not wait for work: its next chunk is work.
+        let first = if purge.is_some() {
+            match rx.try_recv() {
+                Ok(op) => Some(op),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(op) => Some(op),
+                Err(_) => return,
+            }
+        };
+        let mut batch: Vec<WriteOp> = first.into_iter().collect();
+        while !batch.is_empty() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        let result = write_batch(&db, &batch, &stats);
-        if result.is_ok() {
-            if let Some(shared) = shared.upgrade() {
-                let mut mem = shared.memory.lock().unwrap_or_else(|p| p.into_inner());
-                for op in &batch {
-                    if let WriteOp::Append { ids, .. } = op {
-                        for id in ids {
-                            if mem.pending.get(&id.index()).map(|e| e.log_id()) == Some(id.clone())
-                            {
-                                mem.pending.remove(&id.index());
+        batch.retain_mut(|op| match op {
+            WriteOp::Purge { upto, value } => {
+                if purge.as_ref().is_none_or(|p| p.upto.index() < upto.index()) {
+                    purge = Some(PendingPurge {
+                        upto: upto.clone(),
+                        value: std::mem::take(value),
+                    });
+                }
+                false
+            }
+            _ => true,
+        });
+        let result = write_batch(&db, &batch, purge.as_ref(), &stats);
+        match &result {
+            Ok(finished) => {
+                if *finished {
+                    purge = None;
+                }
+                if let Some(shared) = shared.upgrade() {
+                    let mut mem = shared.memory.lock().unwrap_or_else(|p| p.into_inner());
+                    for op in &batch {
+                        if let WriteOp::Append { ids, .. } = op {
+                            for id in ids {
+                                if mem.pending.get(&id.index()).map(|e| e.log_id())
+                                    == Some(id.clone())
+                                {
+                                    mem.pending.remove(&id.index());
+                                }
                             }
                         }
                     }
                 }
             }
-        } else if let Err(e) = &result {
-            tracing::error!(error = %e, "raft log write failed; this node will stop");
+            Err(e) => {
+                tracing::error!(error = %e, "raft log write failed; this node will stop");
+            }
         }
         for op in batch {
             let r = result
@@ -266,18 +309,31 @@ fn writer_loop(
                         let _ = d.send(r);
                     }
                 }
-                WriteOp::TruncateAfter { done, .. } | WriteOp::Purge { done, .. } => {
+                WriteOp::TruncateAfter { done, .. } => {
                     let _ = done.send(r);
                 }
+                WriteOp::Purge { .. } => {}
             }
+        }
+        if result.is_err() {
+            // Keep answering so callers learn of the failure, but stop purging.
+            purge = None;
         }
     }
 }
 
-fn write_batch(db: &Database, batch: &[WriteOp], stats: &WriteStats) -> io::Result<()> {
+/// Writes `batch` and, with `purge`, its next chunk in one transaction. `Ok(true)`: the purge
+/// is complete (or there was none).
+fn write_batch(
+    db: &Database,
+    batch: &[WriteOp],
+    purge: Option<&PendingPurge>,
+    stats: &WriteStats,
+) -> io::Result<bool> {
     let mut txn = db.begin_write().map_err(other)?;
-    // A batch of nothing but committed-index updates need not be fsynced: the committed
-    // index is a hint for faster replay and is rebuilt by Raft if lost.
+    // Batches of nothing but committed-index updates and purge chunks need not be fsynced: the
+    // committed index is a hint for faster replay that Raft rebuilds if lost, and a purge lost
+    // in a crash only leaves entries that are already in a snapshot.
     let durable = batch.iter().any(|op| {
         !matches!(
             op,
@@ -294,6 +350,7 @@ fn write_batch(db: &Database, batch: &[WriteOp], stats: &WriteStats) -> io::Resu
     });
     let mut bytes = 0u64;
     let mut entries = 0u64;
+    let mut finished = true;
     {
         let mut log = txn.open_table(LOG).map_err(other)?;
         let mut meta = txn.open_table(META).map_err(other)?;
@@ -314,11 +371,37 @@ fn write_batch(db: &Database, batch: &[WriteOp], stats: &WriteStats) -> io::Resu
                     let start = after.map(|a| a + 1).unwrap_or(0);
                     log.retain_in(start.., |_, _| false).map_err(other)?;
                 }
-                WriteOp::Purge { upto, value, .. } => {
-                    // Marker and deletion commit together: no crash window leaves a hole.
-                    meta.insert(KEY_PURGED, value.as_slice()).map_err(other)?;
-                    log.retain_in(..=upto.index(), |_, _| false)
-                        .map_err(other)?;
+                WriteOp::Purge { .. } => {}
+            }
+        }
+        if let Some(p) = purge {
+            let first = log.first().map_err(other)?.map(|(k, _)| k.value());
+            let upto = p.upto.index();
+            // The marker always names the last entry gone, and commits with its deletion:
+            // no crash window leaves a hole.
+            match first {
+                Some(first) if first <= upto => {
+                    let end = upto.min(first.saturating_add(PURGE_CHUNK - 1));
+                    if end == upto {
+                        meta.insert(KEY_PURGED, p.value.as_slice()).map_err(other)?;
+                    } else {
+                        let last: Entry = match log.get(end).map_err(other)? {
+                            Some(v) => decode("log entry", v.value())?,
+                            None => {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    format!("raft log has a hole at index {end}"),
+                                ))
+                            }
+                        };
+                        meta.insert(KEY_PURGED, encode(&last.log_id())?.as_slice())
+                            .map_err(other)?;
+                        finished = false;
+                    }
+                    log.retain_in(first..=end, |_, _| false).map_err(other)?;
+                }
+                _ => {
+                    meta.insert(KEY_PURGED, p.value.as_slice()).map_err(other)?;
                 }
             }
         }
@@ -329,7 +412,7 @@ fn write_batch(db: &Database, batch: &[WriteOp], stats: &WriteStats) -> io::Resu
     }
     stats.bytes.fetch_add(bytes, Ordering::Relaxed);
     stats.entries.fetch_add(entries, Ordering::Relaxed);
-    Ok(())
+    Ok(finished)
 }
 
 fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, Option<u64>) {
@@ -353,19 +436,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = bounds(&range);
         let end = end.unwrap_or(u64::MAX);
-        if start >= end {
-            return Ok(Vec::new());
-        }
         // Copy the overlay and open the read transaction under one lock: an entry leaves the
         // overlay only after its commit, so it is in one or the other.
-        let (overlay, txn) = {
+        let (start, overlay, txn) = {
             let mem = self.memory();
+            // Entries a purge still in progress has not deleted yet are gone all the same.
+            let start = match &mem.last_purged {
+                Some(p) => start.max(p.index() + 1),
+                None => start,
+            };
+            if start >= end {
+                return Ok(Vec::new());
+            }
             let overlay: BTreeMap<u64, Entry> = mem
                 .pending
                 .range(start..end)
                 .map(|(k, v)| (*k, v.clone()))
                 .collect();
-            (overlay, self.shared.db.begin_read().map_err(other)?)
+            (start, overlay, self.shared.db.begin_read().map_err(other)?)
         };
         let mut out = overlay;
         let table = txn.open_table(LOG).map_err(other)?;
@@ -490,11 +578,74 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 mem.last_log_id = Some(log_id.clone());
             }
         }
-        self.send_and_wait(|done| WriteOp::Purge {
+        // Carried out in the background, in chunks (see the module header).
+        self.send(WriteOp::Purge {
             upto: log_id,
             value,
-            done,
         })
-        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{blank_ent, log_id};
+
+    async fn append(store: &mut LogStore, range: std::ops::Range<u64>) {
+        use openraft::type_config::TypeConfigExt;
+        let (tx, rx) = TypeConfig::oneshot();
+        let entries: Vec<Entry> = range
+            .map(|i| blank_ent::<TypeConfig>(1, NodeId::from(1), i))
+            .collect();
+        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    fn first_on_disk(store: &LogStore) -> Option<u64> {
+        let txn = store.shared.db.begin_read().unwrap();
+        let log = txn.open_table(LOG).unwrap();
+        log.first().unwrap().map(|(k, _)| k.value())
+    }
+
+    use crate::cluster::types::NodeId;
+
+    #[tokio::test]
+    async fn a_large_purge_runs_in_chunks_beside_appends_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        append(&mut store, 0..10_000).await;
+        let upto = log_id::<TypeConfig>(1, NodeId::from(1), 8_999);
+        store.purge(upto.clone()).await.unwrap();
+        // Purged at once for readers, whatever is still on disk.
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(upto.clone()));
+        let left = store.try_get_log_entries(0..20_000).await.unwrap();
+        assert_eq!(left.first().map(|e| e.log_id().index()), Some(9_000));
+        assert_eq!(left.len(), 1_000);
+        // Appends are not held up by the deletion.
+        append(&mut store, 10_000..10_010).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while first_on_disk(&store) != Some(9_000) {
+            assert!(std::time::Instant::now() < deadline, "purge never finished");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        drop(store);
+        // The writer thread lets go of the file when it sees the store gone.
+        let mut store = loop {
+            match LogStore::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "reopen: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(upto));
+        assert_eq!(state.last_log_id.map(|l| l.index()), Some(10_009));
+        assert_eq!(
+            store.try_get_log_entries(0..20_000).await.unwrap().len(),
+            1_010
+        );
     }
 }

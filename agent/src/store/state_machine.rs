@@ -60,10 +60,14 @@ impl StateMachine {
         let dir = dir.join("snapshots");
         std::fs::create_dir_all(&dir)?;
         let mut replica = Replica::default();
+        let stats = ApplyStats::default();
         for path in snapshot_file::list(&dir)?.into_iter().rev() {
             let bytes = std::fs::read(&path)?;
             match snapshot_file::decode(&bytes) {
                 Ok((meta, farm)) => {
+                    stats
+                        .last_snapshot_bytes
+                        .store(bytes.len() as u64, Ordering::Relaxed);
                     tracing::info!(snapshot = %path.display(), "restored snapshot");
                     replica = Replica {
                         farm,
@@ -83,7 +87,7 @@ impl StateMachine {
                 replica: RwLock::new(replica),
                 dir,
                 keep,
-                stats: ApplyStats::default(),
+                stats,
                 hash_cache: std::sync::Mutex::new(None),
                 applied_tx,
             }),
@@ -131,14 +135,18 @@ impl StateMachine {
         &self.shared.dir
     }
 
-    /// Encodes the current replica as a snapshot file's bytes.
+    /// Encodes the current replica as a snapshot file's bytes. The farm is cloned under the
+    /// lock and encoded after it is released: applying entries waits for the clone only, not
+    /// for the encoding and checksum (several times longer for a large farm).
     pub fn encode_current(&self) -> io::Result<(SnapshotMeta, Vec<u8>)> {
         let replica = self.read();
         let meta = SnapshotMeta {
             last_log_id: replica.last_applied.clone(),
             last_membership: replica.membership.clone(),
         };
-        let bytes = snapshot_file::encode(&meta, &replica.farm)?;
+        let farm = replica.farm.clone();
+        drop(replica);
+        let bytes = snapshot_file::encode(&meta, &farm)?;
         Ok((meta, bytes))
     }
 
@@ -188,7 +196,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (meta, bytes) = self.encode_current()?;
+        // Cloning and encoding a large farm takes CPU for a while: off the async threads, so
+        // heartbeats and requests keep flowing meanwhile.
+        let this = self.clone();
+        let (meta, bytes) = tokio::task::spawn_blocking(move || this.encode_current())
+            .await
+            .map_err(io::Error::other)??;
         let len = bytes.len() as u64;
         let bytes = self.store_snapshot(&meta, bytes).await?;
         self.shared
@@ -269,7 +282,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (_, farm) = snapshot_file::decode(&bytes)?;
         // Re-encode under the leader's meta so the stored file names the state it holds.
         let stored = snapshot_file::encode(meta, &farm)?;
+        let len = stored.len() as u64;
         self.store_snapshot(meta, stored).await?;
+        self.shared
+            .stats
+            .last_snapshot_bytes
+            .store(len, Ordering::Relaxed);
         self.replace(meta, farm);
         tracing::info!(index = ?meta.last_log_id.as_ref().map(|l| l.index()), "installed snapshot from leader");
         Ok(())

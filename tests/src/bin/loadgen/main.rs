@@ -458,5 +458,15 @@ fn main() {
         let _ = std::fs::create_dir_all(dir);
     }
     std::fs::write(&a.out, &out).expect("write results");
-    println!("\nresults written to {}", a.out);
+    // The node logs, for explaining an election or an error in the table.
+    let logs = std::path::Path::new(&a.out).with_extension("logs");
+    let _ = std::fs::create_dir_all(&logs);
+    for n in &c.nodes {
+        let _ = std::fs::write(logs.join(format!("{}.log", n.id)), n.log_text());
+    }
+    println!(
+        "\nresults written to {}, node logs to {}",
+        a.out,
+        logs.display()
+    );
 }
