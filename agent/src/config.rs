@@ -200,6 +200,8 @@ pub struct FileConfig {
     pub tuning: RaftTuning,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Publish job and printer events to an MQTT broker (`[feed]`).
+    pub feed: Option<crate::feed::FeedConfig>,
     /// Directory that relative job `filepath`s are resolved against (default: working dir).
     pub gcode_dir: Option<PathBuf>,
     #[serde(default)]
@@ -227,6 +229,7 @@ pub struct Settings {
     pub log_json: bool,
     pub tuning: RaftTuning,
     pub health: HealthConfig,
+    pub feed: Option<crate::feed::FeedConfig>,
     pub gcode_dir: PathBuf,
     pub printers: Vec<PrinterDecl>,
 }
@@ -408,6 +411,9 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
             problems.push(format!("printers[{i}] ({}): {e}", p.id));
         }
     }
+    if let Some(feed) = &file.feed {
+        problems.extend(feed.problems());
+    }
     let secret = args.cluster_secret.clone().or(file.cluster_secret.clone());
     if secret.as_deref().is_some_and(|s| s.len() < 8) {
         problems.push("cluster_secret: use at least 8 characters".into());
@@ -444,6 +450,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         log_json: args.log_json || file.log_json,
         tuning: file.tuning.clone(),
         health: file.health.clone(),
+        feed: file.feed.clone(),
         gcode_dir: file.gcode_dir.clone().unwrap_or_else(|| PathBuf::from(".")),
         printers: file.printers.clone(),
     })
@@ -503,6 +510,36 @@ mod tests {
         let cli = parse(&["raft3d", "-id", "n", "-raft-advertise", "0.0.0.0:7000"]);
         let text = settings(&cli.run).unwrap_err().join("\n");
         assert!(text.contains("raft_advertise: "), "{text}");
+    }
+
+    #[test]
+    fn a_bad_feed_section_is_reported_with_what_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(
+            &p,
+            "id = \"node1\"\n[feed]\nbroker = \"mqtt.local\"\ncluster = \"my/farm\"\npassword = \"x\"\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        let text = settings(&args).unwrap_err().join("\n");
+        for key in [
+            "feed.broker: expected HOST:PORT",
+            "feed.cluster:",
+            "feed.password:",
+        ] {
+            assert!(text.contains(key), "missing {key} in {text}");
+        }
+        std::fs::write(&p, "id = \"node1\"\n[feed]\nbroker = \"10.0.0.2:1883\"\n").unwrap();
+        let s = settings(&args).unwrap();
+        let feed = s.feed.unwrap();
+        assert_eq!(
+            (feed.cluster.as_str(), feed.telemetry_interval_ms),
+            ("farm", 10_000)
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod domain;
+pub mod feed;
 pub mod metrics;
 pub mod printers;
 pub mod server;

@@ -256,6 +256,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
     if !s.printers.is_empty() {
         tokio::spawn(register_printers(node.clone(), s.clone(), shutdown.clone()));
     }
+    let feed_stop = CancellationToken::new();
+    let feed = s.feed.clone().map(|cfg| {
+        tracing::info!(broker = %cfg.broker, topics = %format!("raft3d/{}/#", cfg.cluster), "event feed on");
+        tokio::spawn(crate::feed::run(cfg, node.clone(), feed_stop.clone()))
+    });
     let fatal = tokio::spawn(watch_raft(node.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;
@@ -274,6 +279,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> Result<(), ServerE
         .is_err()
     {
         tracing::warn!("raft did not stop within 5 s");
+    }
+    if let Some(feed) = feed {
+        feed_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), feed).await;
     }
     for server in [peer_server, http_server] {
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

@@ -2,7 +2,9 @@
 //! with an optional login, SUBSCRIBE with `+`/`#` filters, PUBLISH routed at QoS 0 (QoS 1 is
 //! acknowledged), PING, and an optional TLS listener. A second, plain listener without a login
 //! serves the simulated printers. It can be stopped and restarted on the same ports to test
-//! reconnects. Frames are rumqttc's own codec; no retained messages, no sessions.
+//! reconnects. Retained messages are kept and sent to new subscribers; a client's last will
+//! is published when its connection ends without a DISCONNECT. Frames are rumqttc's own
+//! codec; no sessions.
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
@@ -42,6 +44,8 @@ struct Routes {
     next: AtomicU64,
     /// Every message received from a client, oldest first (bounded), for tests to inspect.
     log: Mutex<std::collections::VecDeque<(String, String)>>,
+    /// The last retained message of each topic.
+    retained: Mutex<std::collections::BTreeMap<String, Publish>>,
 }
 
 /// How many received messages the broker remembers.
@@ -62,6 +66,14 @@ impl Routes {
                 p.topic.clone(),
                 String::from_utf8_lossy(&p.payload).into_owned(),
             ));
+        }
+        if p.retain {
+            let mut kept = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+            if p.payload.is_empty() {
+                kept.remove(&p.topic);
+            } else {
+                kept.insert(p.topic.clone(), p.clone());
+            }
         }
         for s in self.lock().iter().filter(|s| matches(&p.topic, &s.filter)) {
             let mut copy = Publish::from_bytes(p.topic.clone(), QoS::AtMostOnce, p.payload.clone());
@@ -244,12 +256,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let conn = routes.next.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Publish>(1024);
+    // The will goes out unless the client says goodbye (or the broker itself stops).
+    let mut will = connect.last_will.clone();
     loop {
         let ok = tokio::select! {
             _ = stop.cancelled() => break,
             Some(p) = rx.recv() => write_packet(&mut wr, Packet::Publish(p)).await,
             p = read_packet(&mut rd, &mut buf) => match p {
-                None | Some(Packet::Disconnect) => break,
+                Some(Packet::Disconnect) => {
+                    will = None;
+                    break;
+                }
+                None => break,
                 Some(Packet::Publish(p)) => {
                     routes.route(&p);
                     p.qos == QoS::AtMostOnce || write_packet(&mut wr, Packet::PubAck(PubAck::new(p.pkid))).await
@@ -263,7 +281,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
                         }
                     }
-                    write_packet(&mut wr, Packet::SubAck(SubAck::new(s.pkid, codes))).await
+                    let acked = write_packet(&mut wr, Packet::SubAck(SubAck::new(s.pkid, codes))).await;
+                    let kept: Vec<Publish> = routes
+                        .retained
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .filter(|p| s.filters.iter().any(|f| matches(&p.topic, &f.path)))
+                        .cloned()
+                        .collect();
+                    for mut p in kept {
+                        p.qos = QoS::AtMostOnce;
+                        p.retain = true;
+                        let _ = tx.try_send(p);
+                    }
+                    acked
                 }
                 Some(Packet::Unsubscribe(u)) => {
                     routes.lock().retain(|s| s.conn != conn || !u.topics.contains(&s.filter));
@@ -278,4 +310,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     routes.lock().retain(|s| s.conn != conn);
+    if let Some(w) = will.filter(|_| !stop.is_cancelled()) {
+        let mut p = Publish::from_bytes(w.topic, QoS::AtMostOnce, w.message);
+        p.retain = w.retain;
+        routes.route(&p);
+    }
 }
