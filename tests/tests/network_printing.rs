@@ -4,8 +4,8 @@
 //! printers run in this test process on loopback; the agents are real processes. A print ends
 //! `Done` with one deduction on every node, a cancel from the API reaches the printer, a cancel
 //! on the printer cancels the job, the access code never leaves the agent, and when the agent
-//! that supervises a network printer dies mid-print the leader takes the printer over and the
-//! job still ends `Done` exactly once.
+//! that supervises a network printer (Moonraker or Bambu) dies mid-print the leader takes the
+//! printer over and the job still ends `Done` exactly once.
 
 use std::time::Duration;
 
@@ -162,8 +162,18 @@ fn a_moonraker_print_ends_done_once_and_cancels_reach_both_ways() {
     drop(broker);
 }
 
-#[test]
-fn a_bambu_print_over_tls_ends_done_and_the_access_code_stays_secret() {
+/// A simulated Bambu printer behind the broker's TLS port (certificate from a test CA for
+/// its serial, login `bblp` + access code) whose prints take `print_time`, and its connection
+/// as a TOML inline table. The runtime and the CA's temp dir must outlive the test.
+fn bambu(
+    print_time: Duration,
+) -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    FakeBroker,
+    FakeBambu,
+    String,
+) {
     let rt = runtime();
     let pki = TestPki::new("Raft3D test Bambu CA");
     let ca_dir = tempfile::tempdir().expect("temp dir");
@@ -176,12 +186,7 @@ fn a_bambu_print_over_tls_ends_done_and_the_access_code_stays_secret() {
         })
         .await
         .expect("broker");
-        let f = FakeBambu::start(
-            b.plain_port,
-            SERIAL,
-            Duration::from_millis(300),
-            Duration::from_secs(2),
-        );
+        let f = FakeBambu::start(b.plain_port, SERIAL, Duration::from_millis(300), print_time);
         (b, f)
     });
     let conn = format!(
@@ -189,6 +194,12 @@ fn a_bambu_print_over_tls_ends_done_and_the_access_code_stays_secret() {
         broker.port,
         ca_file.display().to_string()
     );
+    (rt, ca_dir, broker, fake, conn)
+}
+
+#[test]
+fn a_bambu_print_over_tls_ends_done_and_the_access_code_stays_secret() {
+    let (_rt, _ca, broker, fake, conn) = bambu(Duration::from_secs(2));
     let c = farm(2, "p1s", &conn);
 
     // Telemetry served by a node that does not drive the printer, AMS trays included.
@@ -282,6 +293,58 @@ fn a_dead_supervisor_hands_its_printer_over_and_the_job_still_ends_done_once() {
             .filter(|m| *m == "printer.print.start")
             .count(),
         1
+    );
+    drop(broker);
+}
+
+#[test]
+fn a_dead_bambu_supervisor_hands_its_printer_over_and_the_job_still_ends_done_once() {
+    let (_rt, _ca, broker, fake, conn) = bambu(Duration::from_secs(8));
+    let mut c = farm(1, "p1s", &conn);
+
+    create_and_run(&c, "bt", "p1s", 5.02);
+    wait_for("bt printing", Duration::from_secs(20), || {
+        (fake.state() == "RUNNING").then_some(())
+    });
+    c.node(1).kill9();
+
+    // The leader takes over over TLS with the replicated access code; the print goes on.
+    let moved = wait_for("the printer to move", Duration::from_secs(30), || {
+        let (code, p) = get(&c.nodes[0].url("/api/v1/printers/p1s")).ok()?;
+        (code == 200 && p["node_id"] != "node2").then_some(p)
+    });
+    assert!(
+        moved["node_id"] == "node1" || moved["node_id"] == "node3",
+        "{moved}"
+    );
+    let done = wait_final(&c, 0, "bt");
+    assert_eq!(done["status"], "Done", "{done}\n{}", c.logs());
+    wait_for(
+        "one deduction on every live node",
+        Duration::from_secs(10),
+        || {
+            let r: Vec<f64> = [0, 2]
+                .iter()
+                .map(|&i| {
+                    get(&c.nodes[i].url("/api/v1/filaments/f1?consistency=stale"))
+                        .ok()
+                        .and_then(|(_, f)| f["remaining_weight_in_grams"].as_f64())
+                        .unwrap_or(-1.0)
+                })
+                .collect();
+            (r == vec![994.98; 2]).then_some(())
+        },
+    );
+    let starts = fake
+        .commands()
+        .iter()
+        .filter(|c| *c == "gcode_file")
+        .count();
+    assert_eq!(
+        starts,
+        1,
+        "the print is never started again: {:?}",
+        fake.commands()
     );
     drop(broker);
 }
