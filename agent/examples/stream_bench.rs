@@ -208,6 +208,7 @@ async fn stream(fake: &Fake, file: &Path, job: &str) -> Res<Run> {
         job_id: job.into(),
         attempt: 1,
         file: file.to_path_buf(),
+        upload: None,
     };
     handle.commands.send(DriverCommand::Start(req)).await?;
     let mut peak = 0;

@@ -77,6 +77,7 @@ fn spec_of(p: &Printer) -> Option<ConnectionSpec> {
             access_code,
             ca_file,
             insecure_tls,
+            ftps_port,
         } => Some(ConnectionSpec::Bambu {
             host: host.clone(),
             port: *port,
@@ -84,6 +85,7 @@ fn spec_of(p: &Printer) -> Option<ConnectionSpec> {
             access_code: access_code.clone().map(Secret),
             ca_file: ca_file.as_ref().map(PathBuf::from),
             insecure_tls: *insecure_tls,
+            ftps_port: *ftps_port,
         }),
     }
 }
@@ -91,6 +93,17 @@ fn spec_of(p: &Printer) -> Option<ConnectionSpec> {
 impl Dispatcher {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Managed>> {
         self.printers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A Bambu printer is sent the job's file over FTPS first when `filepath` names a file
+    /// under `gcode_dir` here; otherwise the file must already be on the printer.
+    fn local_copy(&self, spec: &ConnectionSpec, filepath: &str) -> Option<PathBuf> {
+        let p = Path::new(filepath);
+        if !matches!(spec, ConnectionSpec::Bambu { .. }) || p.is_absolute() {
+            return None;
+        }
+        let local = self.gcode_dir.join(p);
+        local.is_file().then_some(local)
     }
 
     /// Where the driver finds the job's file: network printers print a file stored on the
@@ -210,6 +223,7 @@ impl Dispatcher {
                             job_id: job.clone(),
                             attempt,
                             file: self.resolve(&m.spec, &j.filepath),
+                            upload: self.local_copy(&m.spec, &j.filepath),
                         };
                         let cmd = if earlier {
                             tracing::info!(printer = %p.id, job = %job, attempt, "taking over a print started earlier");

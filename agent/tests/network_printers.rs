@@ -7,6 +7,7 @@
 
 use raft3d::printers::fake_bambu::FakeBambu;
 use raft3d::printers::fake_broker::{BrokerConfig, FakeBroker};
+use raft3d::printers::fake_ftps::FakeFtps;
 use raft3d::printers::fake_moonraker::FakeMoonraker;
 use raft3d::printers::test_pki::TestPki;
 use raft3d::printers::{
@@ -68,6 +69,7 @@ impl Rig {
             job_id: job.into(),
             attempt,
             file: PathBuf::from(file),
+            upload: None,
         }))
         .await;
     }
@@ -244,6 +246,8 @@ struct BambuRig {
     broker: FakeBroker,
     fake: FakeBambu,
     ca_file: PathBuf,
+    /// The printer's FTPS side (same certificate, same access code).
+    ftps: FakeFtps,
 }
 
 /// A broker standing in for the printer: TLS with a certificate for `cert_cn` issued by a test
@@ -253,12 +257,14 @@ async fn bambu(cert_cn: &str, print_time: Duration) -> BambuRig {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, pki.ca_pem()).expect("write CA");
+    let tls = pki.server_config(cert_cn);
     let broker = FakeBroker::start(BrokerConfig {
-        tls: Some(pki.server_config(cert_cn)),
+        tls: Some(tls.clone()),
         login: Some(("bblp".into(), CODE.into())),
     })
     .await
     .expect("broker");
+    let ftps = FakeFtps::start(tls, CODE).await.expect("ftps");
     let fake = FakeBambu::start(
         broker.plain_port,
         SERIAL,
@@ -270,6 +276,7 @@ async fn bambu(cert_cn: &str, print_time: Duration) -> BambuRig {
         broker,
         fake,
         ca_file,
+        ftps,
     }
 }
 
@@ -281,6 +288,7 @@ fn bambu_spec(b: &BambuRig, code: &str) -> ConnectionSpec {
         access_code: Some(Secret(code.into())),
         ca_file: Some(b.ca_file.clone()),
         insecure_tls: false,
+        ftps_port: b.ftps.port,
     }
 }
 
@@ -502,4 +510,85 @@ async fn bambu_broker_restart_mid_print_keeps_the_job() {
         .filter(|c| *c == "gcode_file")
         .count();
     assert_eq!(starts, 1, "the print is never started twice");
+}
+
+fn sample(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/gcode")
+        .join(name)
+}
+
+#[tokio::test]
+async fn bambu_local_file_is_uploaded_over_ftps_then_printed() {
+    let b = bambu(SERIAL, Duration::from_secs(2)).await;
+    let mut rig = Rig::spawn(bambu_spec(&b, CODE));
+    rig.ready().await;
+    rig.send(DriverCommand::Start(PrintRequest {
+        job_id: "u1".into(),
+        attempt: 7,
+        file: PathBuf::from("bracket.gcode"),
+        upload: Some(sample("bracket.gcode")),
+    }))
+    .await;
+    let t = rig
+        .until("printing", |t| {
+            t.printer_state.as_deref() == Some("RUNNING")
+        })
+        .await;
+    assert_eq!(t.upload_percent, Some(100.0), "{t:?}");
+    let want = std::fs::read(sample("bracket.gcode")).unwrap();
+    let files = b.ftps.files();
+    assert!(
+        files.get("bracket.gcode") == Some(&want),
+        "the whole file is on the printer before it starts: {:?}",
+        files.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        b.ftps.refused_without_reuse(),
+        0,
+        "the data connection resumes the TLS session"
+    );
+    assert_eq!(
+        rig.next_event().await,
+        DriverEvent::Finished {
+            job_id: "u1".into(),
+            attempt: 7
+        }
+    );
+    let starts = b
+        .fake
+        .commands()
+        .iter()
+        .filter(|c| *c == "gcode_file")
+        .count();
+    assert_eq!(starts, 1, "{:?}", b.fake.commands());
+}
+
+#[tokio::test]
+async fn bambu_failed_upload_fails_the_job_with_the_reason_and_prints_nothing() {
+    let b = bambu(SERIAL, Duration::from_secs(2)).await;
+    let mut rig = Rig::spawn(bambu_spec(&b, CODE));
+    rig.ready().await;
+    rig.send(DriverCommand::Start(PrintRequest {
+        job_id: "u2".into(),
+        attempt: 8,
+        file: PathBuf::from("gone.gcode"),
+        upload: Some(sample("no-such-file.gcode")),
+    }))
+    .await;
+    match rig.next_event().await {
+        DriverEvent::Failed { job_id, reason, .. } => {
+            assert_eq!(job_id, "u2");
+            assert!(
+                reason.contains("upload") && reason.contains("no-such-file.gcode"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(
+        !b.fake.commands().iter().any(|c| c == "gcode_file"),
+        "nothing may print: {:?}",
+        b.fake.commands()
+    );
 }

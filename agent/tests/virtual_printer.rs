@@ -48,6 +48,7 @@ impl Virtual {
             job_id: job.into(),
             attempt: 7,
             file: file.to_path_buf(),
+            upload: None,
         };
         self.handle
             .commands

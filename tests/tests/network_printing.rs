@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use raft3d::printers::fake_bambu::FakeBambu;
 use raft3d::printers::fake_broker::{BrokerConfig, FakeBroker};
+use raft3d::printers::fake_ftps::FakeFtps;
 use raft3d::printers::fake_moonraker::FakeMoonraker;
 use raft3d::printers::test_pki::TestPki;
 use raft3d_tests::support::{get, post, post_raw, wait_for, Cluster};
@@ -174,27 +175,45 @@ fn bambu(
     FakeBambu,
     String,
 ) {
+    let (rt, dir, broker, fake, _ftps, conn) = bambu_with_ftps(print_time);
+    (rt, dir, broker, fake, conn)
+}
+
+/// `bambu` with the printer's FTPS side too (same certificate and access code).
+fn bambu_with_ftps(
+    print_time: Duration,
+) -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    FakeBroker,
+    FakeBambu,
+    FakeFtps,
+    String,
+) {
     let rt = runtime();
     let pki = TestPki::new("Raft3D test Bambu CA");
     let ca_dir = tempfile::tempdir().expect("temp dir");
     let ca_file = ca_dir.path().join("bambu-ca.pem");
     std::fs::write(&ca_file, pki.ca_pem()).expect("write CA");
-    let (broker, fake) = rt.block_on(async {
+    let (broker, fake, ftps) = rt.block_on(async {
+        let tls = pki.server_config(SERIAL);
         let b = FakeBroker::start(BrokerConfig {
-            tls: Some(pki.server_config(SERIAL)),
+            tls: Some(tls.clone()),
             login: Some(("bblp".into(), CODE.into())),
         })
         .await
         .expect("broker");
         let f = FakeBambu::start(b.plain_port, SERIAL, Duration::from_millis(300), print_time);
-        (b, f)
+        let ftps = FakeFtps::start(tls, CODE).await.expect("ftps");
+        (b, f, ftps)
     });
     let conn = format!(
-        "{{ kind = \"bambu\", host = \"127.0.0.1\", port = {}, serial = \"{SERIAL}\", access_code = \"{CODE}\", ca_file = {:?} }}",
+        "{{ kind = \"bambu\", host = \"127.0.0.1\", port = {}, serial = \"{SERIAL}\", access_code = \"{CODE}\", ca_file = {:?}, ftps_port = {} }}",
         broker.port,
-        ca_file.display().to_string()
+        ca_file.display().to_string(),
+        ftps.port
     );
-    (rt, ca_dir, broker, fake, conn)
+    (rt, ca_dir, broker, fake, ftps, conn)
 }
 
 #[test]
@@ -346,5 +365,57 @@ fn a_dead_bambu_supervisor_hands_its_printer_over_and_the_job_still_ends_done_on
         "the print is never started again: {:?}",
         fake.commands()
     );
+    drop(broker);
+}
+
+#[test]
+fn a_bambu_job_whose_file_is_in_gcode_dir_is_uploaded_then_printed() {
+    let (_rt, _ca, broker, fake, ftps, conn) = bambu_with_ftps(Duration::from_secs(2));
+    // node2 drives the printer and holds the file under its gcode_dir.
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/gcode");
+    let mut c = Cluster::new(3);
+    for i in 0..3 {
+        let printer = if i == 1 {
+            format!("gcode_dir = {:?}\n[[printers]]\nid = \"x1c\"\ncompany = \"Bambu Lab\"\nmodel = \"X1C\"\nconnection = {conn}\n", samples.display().to_string())
+        } else {
+            String::new()
+        };
+        let cfg = c.config_file(&format!("node{}.toml", i + 1), &printer);
+        c.nodes[i].extra = vec!["--config".into(), cfg];
+    }
+    c.boot();
+    wait_for("x1c connected", Duration::from_secs(40), || {
+        let (code, t) = get(&c.nodes[0].url("/api/v1/printers/x1c/status")).ok()?;
+        (code == 200 && t["connection"] == "connected").then_some(())
+    });
+    let (code, v) = post(
+        &c.nodes[0].url("/api/v1/filaments"),
+        &json!({"id": "f1", "type": "PLA", "color": "white", "total_weight_in_grams": 1000}),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = post(
+        &c.nodes[2].url("/api/v1/print_jobs"),
+        &json!({"id": "up", "printer_id": "x1c", "filament_id": "f1", "filepath": "vase.gcode", "print_weight_in_grams": 6.75}),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(set(&c, 0, "up", "running").0, 200);
+    let done = wait_final(&c, 0, "up");
+    assert_eq!(done["status"], "Done", "{done}\n{}", c.logs());
+    let want = std::fs::read(samples.join("vase.gcode")).unwrap();
+    assert!(
+        ftps.files().get("vase.gcode") == Some(&want),
+        "the file went to the printer whole"
+    );
+    assert_eq!(
+        fake.commands()
+            .iter()
+            .filter(|c| *c == "gcode_file")
+            .count(),
+        1
+    );
+    let (_, t) = get(&c.nodes[0].url("/api/v1/printers/x1c/status")).unwrap();
+    assert_eq!(t["upload_percent"], 100.0, "{t}");
     drop(broker);
 }

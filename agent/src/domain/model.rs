@@ -94,6 +94,9 @@ pub enum Connection {
         /// Skip TLS certificate checks (for printers whose certificate cannot be verified).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         insecure_tls: bool,
+        /// The printer's implicit-FTPS port, for uploading a job's local file.
+        #[serde(default = "default_ftps_port")]
+        ftps_port: u16,
     },
     Moonraker {
         broker: String,
@@ -114,6 +117,9 @@ fn default_baud() -> u32 {
 }
 fn default_bambu_port() -> u16 {
     8883
+}
+fn default_ftps_port() -> u16 {
+    990
 }
 fn default_speed() -> f64 {
     1.0

@@ -25,6 +25,7 @@ pub(super) fn link(
     access_code: Option<Secret>,
     ca_file: Option<PathBuf>,
     insecure_tls: bool,
+    ftps_port: u16,
 ) -> Result<Link, String> {
     let code = access_code.filter(|c| !c.0.is_empty()).ok_or(
         "connection.access_code is required: the LAN access code shown on the printer's screen",
@@ -38,12 +39,18 @@ pub(super) fn link(
              anyone on the network can impersonate it and read its access code"
         );
     }
+    let config = Arc::new(config);
     let mut link = Link::new(&format!("raft3d-{serial}"), host, port);
+    link.ftps = Some(super::ftps::FtpsTarget {
+        host: host.to_string(),
+        port: ftps_port,
+        tls: config.clone(),
+        user: "bblp".into(),
+        password: code.0.clone(),
+    });
     link.options
         .set_credentials("bblp", code.0)
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(config),
-        )));
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     link.tls_diag = Some(diag);
     Ok(link)
 }

@@ -28,12 +28,15 @@ mod delta;
 pub mod fake_bambu;
 #[cfg(feature = "fake")]
 pub mod fake_broker;
+#[cfg(feature = "fake")]
+pub mod fake_ftps;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_marlin;
 #[cfg(feature = "fake")]
 pub mod fake_moonraker;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_pty;
+pub mod ftps;
 pub mod gcode_file;
 mod moonraker;
 mod mqtt_driver;
@@ -61,6 +64,8 @@ pub struct PrintRequest {
     pub job_id: String,
     pub attempt: u64,
     pub file: PathBuf,
+    /// A local copy of the file to upload first (network printers that take uploads).
+    pub upload: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,7 +116,8 @@ pub struct Telemetry {
     pub bed_target: Option<f64>,
     /// The job being printed, or the last one (with its final progress) while idle.
     pub job_id: Option<String>,
-    /// `idle` | `printing` | `paused` | `finishing` (end of file, waiting for the printer) |
+    /// `idle` | `uploading` (a network printer receiving the job's file) | `printing` |
+    /// `paused` | `finishing` (end of file, waiting for the printer) |
     /// `canceling` (safe sequence sent, waiting for the printer to answer it).
     pub state: String,
     /// Share of the file's bytes acknowledged by the printer (100 once finished).
@@ -123,6 +129,9 @@ pub struct Telemetry {
     pub lines_sent: u64,
     /// Estimated from the progress rate so far (paused time excluded).
     pub time_left_s: Option<u64>,
+    /// Share of the job's file uploaded to the printer, while and after uploading (Bambu).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_percent: Option<f64>,
     pub last_error: Option<String>,
     /// Network printers: the state as the printer names it (`RUNNING`, `printing`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +193,8 @@ pub enum ConnectionSpec {
         ca_file: Option<PathBuf>,
         /// Skip certificate checks (logged loudly at every connect).
         insecure_tls: bool,
+        /// Implicit-FTPS port for uploads (990 on the printers).
+        ftps_port: u16,
     },
 }
 
@@ -362,8 +373,17 @@ pub fn spawn_driver_with(
             access_code,
             ca_file,
             insecure_tls,
+            ftps_port,
         } => {
-            let link = bambu::link(&host, port, &serial, access_code, ca_file, insecure_tls);
+            let link = bambu::link(
+                &host,
+                port,
+                &serial,
+                access_code,
+                ca_file,
+                insecure_tls,
+                ftps_port,
+            );
             let proto = bambu::Bambu::new(&serial, &ctx.options);
             tokio::spawn(mqtt_driver::run(ctx, link, proto));
         }

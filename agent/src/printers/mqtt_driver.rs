@@ -7,9 +7,11 @@
 //! A network printer prints on its own: losing the connection does not fail the job until the
 //! printer stays unreachable past `net_offline_grace`; a cancel is sent when it is reachable.
 
+use super::ftps::FtpsTarget;
 use super::net_job::{NetJob, PrinterPhase, Verdict};
-use super::{DriverCommand, DriverCtx, DriverEvent, Telemetry};
+use super::{DriverCommand, DriverCtx, DriverEvent, PrintRequest, Telemetry};
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, Transport};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -77,6 +79,8 @@ pub(super) struct Link {
     pub target: String,
     /// The certificate verifier's last refusal, which says more than the TLS error.
     pub tls_diag: Option<super::bambu_tls::TlsDiag>,
+    /// Where a job's local file is uploaded before it starts (Bambu: FTPS).
+    pub ftps: Option<super::ftps::FtpsTarget>,
 }
 
 impl Link {
@@ -92,6 +96,7 @@ impl Link {
             options,
             target: format!("{host}:{port}"),
             tls_diag: None,
+            ftps: None,
         }
     }
 }
@@ -204,12 +209,30 @@ struct Runtime<P: NetProtocol> {
     client: AsyncClient,
     link_stop: CancellationToken,
     rx: mpsc::Receiver<LinkEvent>,
+    /// The attempt whose file is being uploaded; its print starts once the upload is done.
+    uploading: Option<u64>,
+    uploads_tx: mpsc::Sender<UploadEvent>,
+    uploads: mpsc::Receiver<UploadEvent>,
+}
+
+/// From an upload task: progress, then the outcome, for one job attempt.
+enum UploadEvent {
+    Progress {
+        attempt: u64,
+        sent: u64,
+        total: u64,
+    },
+    Done {
+        attempt: u64,
+        result: Result<String, String>,
+    },
 }
 
 enum Step {
     Shutdown,
     Command(DriverCommand),
     Link(LinkEvent),
+    Upload(UploadEvent),
     Tick,
 }
 
@@ -226,6 +249,7 @@ pub(super) async fn run<P: NetProtocol>(ctx: DriverCtx, link: Result<Link, Strin
         state: "idle".into(),
         ..Telemetry::default()
     };
+    let (uploads_tx, uploads) = mpsc::channel(64);
     let mut rt = Runtime {
         ctx,
         link,
@@ -238,6 +262,9 @@ pub(super) async fn run<P: NetProtocol>(ctx: DriverCtx, link: Result<Link, Strin
         client,
         link_stop,
         rx,
+        uploading: None,
+        uploads_tx,
+        uploads,
     };
     rt.publish();
     let mut tick = tokio::time::interval(rt.ctx.options.tick);
@@ -247,12 +274,14 @@ pub(super) async fn run<P: NetProtocol>(ctx: DriverCtx, link: Result<Link, Strin
             _ = rt.ctx.shutdown.cancelled() => Step::Shutdown,
             c = rt.ctx.commands.recv() => c.map_or(Step::Shutdown, Step::Command),
             Some(ev) = rt.rx.recv() => Step::Link(ev),
+            Some(ev) = rt.uploads.recv() => Step::Upload(ev),
             _ = tick.tick() => Step::Tick,
         };
         match step {
             Step::Shutdown => break,
             Step::Command(c) => rt.on_command(c).await,
             Step::Link(ev) => rt.on_link(ev).await,
+            Step::Upload(ev) => rt.on_upload(ev).await,
             Step::Tick => rt.on_tick().await,
         }
         rt.publish();
@@ -309,6 +338,7 @@ impl<P: NetProtocol> Runtime<P> {
         self.proto.show(&mut self.tel);
         let phase = self.proto.phase();
         self.tel.state = match (&self.job, &phase) {
+            (Some(_), _) if self.uploading.is_some() => "uploading".into(),
             (_, Some(p)) if self.connected => p.state().into(),
             (Some(_), _) => "printing".into(),
             _ => "idle".into(),
@@ -350,6 +380,10 @@ impl<P: NetProtocol> Runtime<P> {
                 self.tel.job_id = Some(req.job_id.clone());
                 self.tel.progress_percent = None;
                 self.tel.time_left_s = None;
+                self.tel.upload_percent = None;
+                if let (Some(local), Some(target)) = (req.upload.clone(), self.link.ftps.clone()) {
+                    self.begin_upload(&req, local, target);
+                }
                 self.job = Some(NetJob::new(req, now));
                 if !self.connected {
                     if let Some(j) = self.job.as_mut() {
@@ -414,8 +448,85 @@ impl<P: NetProtocol> Runtime<P> {
         }
     }
 
+    /// Uploads the job's local file in a task of its own; the print starts when it is done.
+    fn begin_upload(&mut self, req: &PrintRequest, local: PathBuf, target: FtpsTarget) {
+        let attempt = req.attempt;
+        let name = local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| req.file.to_string_lossy().into_owned());
+        info!(printer = %self.ctx.printer_id, job = %req.job_id, file = %local.display(), to = %format!("{}:{}", target.host, target.port), "uploading the job's file to the printer");
+        self.uploading = Some(attempt);
+        self.tel.upload_percent = Some(0.0);
+        let tx = self.uploads_tx.clone();
+        let stop = self.ctx.shutdown.clone();
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let mut last = std::time::Instant::now();
+            let work = super::ftps::upload(&target, &local, &name, |sent, total| {
+                if last.elapsed() >= Duration::from_millis(200) || sent == total {
+                    last = std::time::Instant::now();
+                    let _ = progress_tx.try_send(UploadEvent::Progress {
+                        attempt,
+                        sent,
+                        total,
+                    });
+                }
+            });
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = work => r.map(|()| name),
+            };
+            let _ = tx.send(UploadEvent::Done { attempt, result }).await;
+        });
+    }
+
+    async fn on_upload(&mut self, ev: UploadEvent) {
+        let current = self.job.as_ref().map(|j| j.req.attempt);
+        match ev {
+            UploadEvent::Progress {
+                attempt,
+                sent,
+                total,
+            } if current == Some(attempt) => {
+                self.tel.upload_percent = Some(if total == 0 {
+                    100.0
+                } else {
+                    (sent as f64 * 1000.0 / total as f64).round() / 10.0
+                });
+            }
+            UploadEvent::Done { attempt, result } if current == Some(attempt) => {
+                self.uploading = None;
+                match result {
+                    Ok(name) => {
+                        info!(printer = %self.ctx.printer_id, file = %name, "upload done; starting the print");
+                        self.tel.upload_percent = Some(100.0);
+                        if let Some(job) = self.job.as_mut() {
+                            job.req.file = PathBuf::from(name);
+                        }
+                        self.start_if_ready(Instant::now()).await;
+                    }
+                    Err(e) => {
+                        self.note_problem(e.clone());
+                        self.verdict(Verdict::Failed(format!(
+                            "uploading the file to the printer failed: {e}"
+                        )))
+                        .await;
+                    }
+                }
+            }
+            // A job canceled (or replaced) while its file was on the way.
+            UploadEvent::Done { attempt, .. } => {
+                if self.uploading == Some(attempt) {
+                    self.uploading = None;
+                }
+            }
+            UploadEvent::Progress { .. } => {}
+        }
+    }
+
     async fn start_if_ready(&mut self, now: Instant) {
-        if !self.connected {
+        if !self.connected || self.uploading.is_some() {
             return;
         }
         let Some(job) = self.job.as_mut().filter(|j| !j.is_sent()) else {

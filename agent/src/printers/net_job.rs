@@ -206,6 +206,7 @@ mod tests {
                 job_id: "j1".into(),
                 attempt: 7,
                 file: "cube.gcode".into(),
+                upload: None,
             },
             now,
         )

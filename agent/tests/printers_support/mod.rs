@@ -96,6 +96,7 @@ impl Rig {
             job_id: job_id.into(),
             attempt: 1,
             file: file.to_path_buf(),
+            upload: None,
         };
         self.send(DriverCommand::Start(req)).await;
     }
