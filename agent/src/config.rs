@@ -151,6 +151,9 @@ pub struct RaftTuning {
     pub snapshot_threshold: u64,
     /// Snapshot files kept under <data>/<id>/snapshots/.
     pub snapshots_kept: usize,
+    /// Log entries kept behind the newest snapshot, so a follower a little behind catches up
+    /// from the log instead of a whole snapshot.
+    pub log_kept_after_snapshot: u64,
     /// How long a client request may wait for a leader before 503.
     pub request_timeout_ms: u64,
 }
@@ -163,6 +166,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 500,
             snapshot_threshold: 5000,
             snapshots_kept: 3,
+            log_kept_after_snapshot: 1000,
             request_timeout_ms: 5000,
         }
     }

@@ -69,7 +69,7 @@ fn raft_config(s: &Settings) -> Result<openraft::Config, ServerError> {
         install_snapshot_timeout: 120_000,
         // Snapshots are triggered by `schedule_snapshots`, which also weighs the farm's size.
         snapshot_policy: openraft::SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: t.log_kept_after_snapshot,
         // A leader killed and restarted before anyone noticed must win a new election, as in
         // standard Raft. Resuming its old term lost acknowledged writes and let replicas
         // diverge in the kill -9 torture test: entries a follower quorum had committed were

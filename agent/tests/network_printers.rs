@@ -520,7 +520,8 @@ fn sample(name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn bambu_local_file_is_uploaded_over_ftps_then_printed() {
-    let b = bambu(SERIAL, Duration::from_secs(2)).await;
+    // A print long enough that a busy machine cannot miss it under way.
+    let b = bambu(SERIAL, Duration::from_secs(6)).await;
     let mut rig = Rig::spawn(bambu_spec(&b, CODE));
     rig.ready().await;
     rig.send(DriverCommand::Start(PrintRequest {

@@ -101,7 +101,11 @@ fn restart_keeps_state_and_bootstrap_again_is_harmless() {
 fn a_node_far_behind_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("small-snapshots.toml");
-    std::fs::write(&cfg, "[raft_tuning]\nsnapshot_threshold = 50\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[raft_tuning]\nsnapshot_threshold = 50\nlog_kept_after_snapshot = 0\n",
+    )
+    .unwrap();
     let mut c = Cluster::new(3).with_args(&["--config", cfg.to_str().unwrap()]);
     c.boot();
     let leader = c.wait_leader(Duration::from_secs(10));

@@ -215,6 +215,11 @@ pub async fn upload(
         progress(sent, total);
     }
     step("closing the data connection", &target, data.shutdown()).await?;
+    // Read what the printer still sends (TLS session tickets, its close) before closing: a
+    // socket closed with unread data resets the connection, and the printer would then see
+    // the upload as aborted.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, data.read_to_end(&mut rest)).await;
     drop(data);
     let (code, text) = c.reply().await?;
     if code != 226 && code != 250 {
