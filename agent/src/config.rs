@@ -427,7 +427,12 @@ pub fn settings(args: &RunArgs) -> Result<Settings, Vec<String>> {
         .clone()
         .or(file.log_level.clone())
         .unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+    // A bare word must be a level: any other word parses as a target filter and silences
+    // every log line, which is never what was meant.
+    let bare_word_not_a_level = !log_level.contains(['=', ',', ':'])
+        && !["error", "warn", "info", "debug", "trace", "off"]
+            .contains(&log_level.to_ascii_lowercase().as_str());
+    if bare_word_not_a_level || tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
         problems.push(format!(
             "log_level: {log_level:?} is not a level (error, warn, info, debug, trace)"
         ));
@@ -544,6 +549,19 @@ mod tests {
             (feed.cluster.as_str(), feed.telemetry_interval_ms),
             ("farm", 10_000)
         );
+    }
+
+    #[test]
+    fn a_log_level_that_is_not_a_level_is_refused() {
+        for bad in ["verbose", "infos"] {
+            let cli = parse(&["raft3d", "-id", "n1", "--log-level", bad]);
+            let text = settings(&cli.run).unwrap_err().join("\n");
+            assert!(text.contains("log_level:"), "{bad}: {text}");
+        }
+        for good in ["INFO", "debug", "raft3d=debug,openraft=warn"] {
+            let cli = parse(&["raft3d", "-id", "n1", "--log-level", good]);
+            assert!(settings(&cli.run).is_ok(), "{good}");
+        }
     }
 
     #[test]

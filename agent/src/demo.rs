@@ -13,6 +13,9 @@ struct Farm {
 impl Drop for Farm {
     fn drop(&mut self) {
         for (_, child) in &mut self.children {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                continue; // already gone (its pid may belong to someone else by now)
+            }
             // SIGTERM lets each node stop cleanly; SIGKILL only if it does not.
             // SAFETY: kill(2) with a pid we spawned and a valid signal number.
             unsafe {
@@ -39,6 +42,22 @@ impl Drop for Farm {
     }
 }
 
+/// What a run of the demo left in its data directory: the ports its nodes use.
+const PORTS_FILE: &str = "demo-ports.txt";
+
+/// Checks that no port the farm needs is taken, naming the first one that is.
+fn ports_free(ports: &[u16]) -> anyhow::Result<()> {
+    for &p in ports {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", p)) {
+            anyhow::bail!(
+                "port {p} on 127.0.0.1 is not free ({e}); stop what uses it, or move the demo \
+                 with --http-port and --raft-port (and a new --data directory)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Starts the farm, prints how to use it, and runs until Ctrl-C.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
@@ -52,16 +71,49 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let http = |i: u16| format!("127.0.0.1:{}", args.http_port + i);
     let raft = |i: u16| format!("127.0.0.1:{}", args.raft_port + i);
     std::fs::create_dir_all(&args.data)?;
+    // A farm from an earlier run comes back with its state; its members know each other by
+    // the ports they had, so the ports must stay the same.
+    let ports = format!("{} {}", args.http_port, args.raft_port);
+    let earlier = std::fs::read_to_string(args.data.join(PORTS_FILE)).ok();
+    let existing = args.data.join("node1").join("raft-log.redb").exists();
+    if existing {
+        if let Some(old) = earlier.as_deref().map(str::trim).filter(|o| *o != ports) {
+            let (h, r) = old.split_once(' ').unwrap_or((old, "?"));
+            anyhow::bail!(
+                "{} holds a demo farm whose nodes use --http-port {h} --raft-port {r}; run with \
+                 those, or give a new --data directory (or delete {} to start over)",
+                args.data.display(),
+                args.data.display()
+            );
+        }
+    }
+    ports_free(&[
+        args.http_port,
+        args.http_port + 1,
+        args.http_port + 2,
+        args.raft_port,
+        args.raft_port + 1,
+        args.raft_port + 2,
+    ])?;
+    std::fs::write(args.data.join(PORTS_FILE), &ports)?;
+    let mut commands = Vec::new();
     for i in 0..3u16 {
         let name = format!("node{}", i + 1);
         let mut cmd = Command::new(&exe);
-        cmd.args(["-id", &name, "-http", &http(i), "-raft", &raft(i), "-data"])
-            .arg(&args.data)
-            .stdin(Stdio::null());
+        let mut shown = vec![
+            "-id".to_string(),
+            name.clone(),
+            "-http".into(),
+            http(i),
+            "-raft".into(),
+            raft(i),
+            "-data".into(),
+            args.data.display().to_string(),
+        ];
         if i == 0 {
-            cmd.arg("-bootstrap");
+            shown.push("-bootstrap".into());
         } else {
-            cmd.args(["-join", &http(0)]);
+            shown.extend(["-join".to_string(), http(0)]);
         }
         // Each node drives one virtual printer that prints real G-code from the samples.
         let config = args.data.join(format!("{name}.toml"));
@@ -74,19 +126,40 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 args.speed
             ),
         )?;
-        cmd.arg("--config").arg(&config);
-        let log = std::fs::File::create(args.data.join(format!("{name}.log")))?;
+        shown.extend(["--config".to_string(), config.display().to_string()]);
+        cmd.args(&shown).stdin(Stdio::null());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(args.data.join(format!("{name}.log")))?;
         cmd.stderr(log);
         farm.children.push((name, cmd.spawn()?));
-        if i == 0 {
+        commands.push(format!("{} {}", exe.display(), shown.join(" ")));
+        // A new farm grows from node1; an existing one needs a quorum back before anyone leads.
+        if i == 0 && !existing {
             wait_ready(&http(0), 1, Duration::from_secs(20))?;
         }
     }
     wait_ready(&http(0), 3, Duration::from_secs(30))?;
+    for i in 0..3u16 {
+        let (name, child) = &mut farm.children[i as usize];
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!(
+                "{name} exited ({status}); see {}/{name}.log",
+                args.data.display()
+            );
+        }
+        wait_ready(&http(i), 3, Duration::from_secs(20))?;
+    }
 
     println!(
-        "Raft3D demo farm is up: 3 nodes on loopback (logs in {}/nodeN.log)\n",
-        args.data.display()
+        "Raft3D demo farm is up: 3 nodes on loopback (logs in {}/nodeN.log){}\n",
+        args.data.display(),
+        if existing {
+            ", with the state of the last run"
+        } else {
+            ""
+        }
     );
     for i in 0..3u16 {
         println!(
@@ -114,11 +187,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut gone = [false; 3];
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+        let mut watch = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r,
+                _ = term.recv() => return Ok(()),
+                _ = watch.tick() => {}
+            }
+            // Say when a node dies, and how to bring it back.
+            for (i, (name, child)) in farm.children.iter_mut().enumerate() {
+                if gone[i] {
+                    continue;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    gone[i] = true;
+                    println!("\n{name} exited ({status}); the others carry on. To bring it back, in another terminal:\n  {}", commands[i]);
+                }
+            }
         }
     })?;
     println!("\nstopping the farm...");
