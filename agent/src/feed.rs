@@ -220,6 +220,11 @@ pub async fn run(cfg: FeedConfig, node: Arc<Node>, stop: CancellationToken) {
             }
         }
         publish_telemetry(&node, &client, &topics, &me, interval, &mut telemetry);
+        // One scan of the farm per 200 ms at most, however fast entries are applied.
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
     }
     // A clean stop: retract our presence before the connection goes.
     let _ = client

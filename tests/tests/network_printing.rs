@@ -36,6 +36,11 @@ const FAST_HEALTH: &str =
 /// Three nodes; node `driver` (0-based) drives printer `id` with `connection` (TOML inline
 /// table). Waits until the printer's state is known from another node, then adds spool f1.
 fn farm(driver: usize, id: &str, connection: &str) -> Cluster {
+    farm_with(driver, id, connection, "")
+}
+
+/// `farm` with `top` (top-level TOML keys) in the driving node's config.
+fn farm_with(driver: usize, id: &str, connection: &str, top: &str) -> Cluster {
     let mut c = Cluster::new(3);
     for i in 0..3 {
         let printer = if i == driver {
@@ -47,7 +52,10 @@ fn farm(driver: usize, id: &str, connection: &str) -> Cluster {
         };
         let cfg = c.config_file(
             &format!("node{}.toml", i + 1),
-            &format!("{FAST_HEALTH}{printer}"),
+            &format!(
+                "{}{FAST_HEALTH}{printer}",
+                if i == driver { top } else { "" }
+            ),
         );
         c.nodes[i].extra = vec!["--config".into(), cfg];
     }
@@ -373,27 +381,8 @@ fn a_bambu_job_whose_file_is_in_gcode_dir_is_uploaded_then_printed() {
     let (_rt, _ca, broker, fake, ftps, conn) = bambu_with_ftps(Duration::from_secs(2));
     // node2 drives the printer and holds the file under its gcode_dir.
     let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/gcode");
-    let mut c = Cluster::new(3);
-    for i in 0..3 {
-        let printer = if i == 1 {
-            format!("gcode_dir = {:?}\n[[printers]]\nid = \"x1c\"\ncompany = \"Bambu Lab\"\nmodel = \"X1C\"\nconnection = {conn}\n", samples.display().to_string())
-        } else {
-            String::new()
-        };
-        let cfg = c.config_file(&format!("node{}.toml", i + 1), &printer);
-        c.nodes[i].extra = vec!["--config".into(), cfg];
-    }
-    c.boot();
-    wait_for("x1c connected", Duration::from_secs(40), || {
-        let (code, t) = get(&c.nodes[0].url("/api/v1/printers/x1c/status")).ok()?;
-        (code == 200 && t["connection"] == "connected").then_some(())
-    });
-    let (code, v) = post(
-        &c.nodes[0].url("/api/v1/filaments"),
-        &json!({"id": "f1", "type": "PLA", "color": "white", "total_weight_in_grams": 1000}),
-    )
-    .unwrap();
-    assert_eq!(code, 201, "{v}");
+    let top = format!("gcode_dir = {:?}\n", samples.display().to_string());
+    let c = farm_with(1, "x1c", &conn, &top);
     let (code, v) = post(
         &c.nodes[2].url("/api/v1/print_jobs"),
         &json!({"id": "up", "printer_id": "x1c", "filament_id": "f1", "filepath": "vase.gcode", "print_weight_in_grams": 6.75}),
