@@ -323,12 +323,17 @@ impl Cluster {
     }
 }
 
-fn client() -> reqwest::blocking::Client {
+/// A blocking HTTP client for loopback tests: no proxy, each request bounded by `timeout`.
+pub fn http_client(timeout: Duration) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(15))
+        .timeout(timeout)
         .build()
         .expect("client")
+}
+
+fn client() -> reqwest::blocking::Client {
+    http_client(Duration::from_secs(15))
 }
 
 fn parse(resp: reqwest::blocking::Response) -> reqwest::Result<(u16, Value)> {

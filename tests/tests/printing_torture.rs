@@ -37,11 +37,7 @@ fn samples() -> std::path::PathBuf {
 }
 
 fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
+    raft3d_tests::support::http_client(Duration::from_secs(10))
 }
 
 /// `None` when the node could not answer (down, restarting, no leader, outcome unknown).

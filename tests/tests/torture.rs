@@ -50,11 +50,7 @@ enum Outcome {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
+    raft3d_tests::support::http_client(Duration::from_secs(10))
 }
 
 fn send(req: reqwest::blocking::RequestBuilder) -> Outcome {
